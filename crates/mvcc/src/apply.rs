@@ -1,0 +1,347 @@
+//! Applying committed commands: the write path. One redb write transaction per
+//! batch of log entries; each command that changes the key space takes the next
+//! revision.
+
+use etcd_proto::etcdserverpb::{
+    request_op, response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    PutRequest, PutResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+};
+use etcd_proto::fivefoldpb::{command, command_response, ApplyError, Command, CommandResponse, Empty};
+use prost::Message;
+use redb::{Durability, ReadableTable, Table, WriteTransaction};
+
+use crate::encoding::{row_key, split_row_key, Version};
+use crate::error::{MvccError, StorageError};
+use crate::read::{self, for_each_live, live_at, ReadView};
+use crate::span::Span;
+use crate::store::{MvccStore, KV, MEMBERS, META, META_COMPACT, META_REVISION};
+use crate::KvError;
+
+type KvTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
+
+/// A batch of commands applied in one engine transaction.
+pub struct ApplyBatch<'s> {
+    store: &'s MvccStore,
+    txn: WriteTransaction,
+    revision: i64,
+    compacted: i64,
+}
+
+/// How a path through a Txn was decided: the compare outcome of a Txn and of the
+/// nested Txns in its taken branch, in order.
+struct Path {
+    succeeded: bool,
+    nested: Vec<Path>,
+}
+
+impl<'s> ApplyBatch<'s> {
+    pub(crate) fn begin(store: &'s MvccStore) -> Result<ApplyBatch<'s>, StorageError> {
+        let txn = store.db.begin_write()?;
+        let (revision, compacted) = crate::store::read_revisions(&txn.open_table(META)?)?;
+        Ok(ApplyBatch { store, txn, revision, compacted })
+    }
+
+    /// The store revision as of the commands applied so far.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// Applies one command. Client errors come back inside the response (the
+    /// command still counts as applied); an `Err` is an engine failure.
+    pub fn apply(&mut self, cmd: &Command) -> Result<CommandResponse, StorageError> {
+        let before = self.revision;
+        let result = match &cmd.kind {
+            Some(command::Kind::Put(req)) => self.put_command(req),
+            Some(command::Kind::DeleteRange(req)) => self.delete_command(req),
+            Some(command::Kind::Txn(req)) => self.txn_command(req),
+            Some(command::Kind::Compaction(req)) => self.compact(req),
+            Some(command::Kind::MemberAttributes(attrs)) => {
+                let mut members = self.txn.open_table(MEMBERS)?;
+                members.insert(attrs.member_id, attrs.encode_to_vec().as_slice())?;
+                Ok(command_response::Kind::Empty(Empty {}))
+            }
+            None => Err(KvError::Request(MvccError::InvalidRequest("empty command".into()))),
+        };
+        let kind = match result {
+            Ok(kind) => kind,
+            Err(KvError::Request(e)) => {
+                command_response::Kind::Error(ApplyError { code: e.code() as i32, message: e.to_string() })
+            }
+            Err(KvError::Storage(e)) => return Err(e),
+        };
+        assert!(self.revision == before || self.revision == before + 1, "revision moves by one per command");
+        Ok(CommandResponse { kind: Some(kind), revision: self.revision })
+    }
+
+    /// Stores a value the layer above owns (Raft's applied log id, membership).
+    pub fn put_meta(&mut self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+        assert!(key.starts_with(crate::store::META_EXTERNAL_PREFIX), "external meta keys are prefixed");
+        self.txn.open_table(META)?.insert(key, value)?;
+        Ok(())
+    }
+
+    /// Commits the batch. A non-durable commit is visible to readers at once and
+    /// reaches the disk with the next durable one: the Raft log, not this
+    /// database, is the durable record, and entries after the last durable commit
+    /// are applied again on restart.
+    pub fn commit(mut self, durable: bool) -> Result<(), StorageError> {
+        {
+            let mut meta = self.txn.open_table(META)?;
+            meta.insert(META_REVISION, self.revision.to_be_bytes().as_slice())?;
+            meta.insert(META_COMPACT, self.compacted.to_be_bytes().as_slice())?;
+        }
+        let durability = if durable { Durability::Immediate } else { Durability::None };
+        self.txn.set_durability(durability)?;
+        self.txn.commit()?;
+        self.store.note_commit(self.revision, durable);
+        Ok(())
+    }
+
+    fn pending(&self) -> u64 {
+        (self.revision + 1) as u64
+    }
+
+    fn put_command(&mut self, req: &PutRequest) -> Result<command_response::Kind, KvError> {
+        crate::validate::check_put(req)?;
+        let rev = self.pending();
+        let mut kv = self.txn.open_table(KV)?;
+        check_put_state(&kv, req)?;
+        let resp = put(&mut kv, req, rev)?;
+        self.revision += 1;
+        Ok(command_response::Kind::Put(PutResponse { header: Some(self.header()), ..resp }))
+    }
+
+    fn delete_command(&mut self, req: &DeleteRangeRequest) -> Result<command_response::Kind, KvError> {
+        crate::validate::check_delete_range(req)?;
+        let rev = self.pending();
+        let mut kv = self.txn.open_table(KV)?;
+        let resp = delete_range(&mut kv, req, rev)?;
+        if resp.deleted > 0 {
+            self.revision += 1;
+        }
+        Ok(command_response::Kind::DeleteRange(DeleteRangeResponse { header: Some(self.header()), ..resp }))
+    }
+
+    fn txn_command(&mut self, req: &TxnRequest) -> Result<command_response::Kind, KvError> {
+        crate::validate::check_txn(req, usize::MAX)?;
+        let mut kv = self.txn.open_table(KV)?;
+        let path = decide_path(&kv, req)?;
+        let view = ReadView { current: self.revision, compacted: self.compacted };
+        check_path(&kv, req, &path, view)?;
+        let mut exec = Exec { rev: self.pending(), changed: false, view };
+        let mut resp = exec.txn(&mut kv, req, &path)?;
+        if exec.changed {
+            self.revision += 1;
+        }
+        resp.header = Some(self.header());
+        Ok(command_response::Kind::Txn(resp))
+    }
+
+    fn compact(&mut self, req: &CompactionRequest) -> Result<command_response::Kind, KvError> {
+        if req.revision <= self.compacted {
+            return Err(MvccError::Compacted.into());
+        }
+        if req.revision > self.revision {
+            return Err(MvccError::FutureRevision.into());
+        }
+        let mut kv = self.txn.open_table(KV)?;
+        let removed = compact_rows(&mut kv, req.revision as u64)?;
+        tracing::info!(revision = req.revision, rows_removed = removed, "compacted");
+        self.compacted = req.revision;
+        assert!(self.compacted <= self.revision, "compaction never passes the store revision");
+        Ok(command_response::Kind::Compaction(CompactionResponse { header: Some(self.header()) }))
+    }
+
+    fn header(&self) -> ResponseHeader {
+        ResponseHeader { revision: self.revision, ..Default::default() }
+    }
+}
+
+/// Checks a Put against the state: `ignore_*` needs an existing key; a lease
+/// must exist (none does until leases are implemented).
+fn check_put_state(kv: &impl ReadableTable<&'static [u8], &'static [u8]>, req: &PutRequest) -> Result<(), KvError> {
+    if (req.ignore_value || req.ignore_lease) && live_at(kv, &req.key, u64::MAX)?.is_none() {
+        return Err(MvccError::KeyNotFound.into());
+    }
+    if req.lease != 0 {
+        return Err(MvccError::LeaseNotFound.into());
+    }
+    Ok(())
+}
+
+fn put(kv: &mut KvTable<'_>, req: &PutRequest, rev: u64) -> Result<PutResponse, KvError> {
+    let prev = live_at(kv, &req.key, u64::MAX)?;
+    let version = Version {
+        tombstone: false,
+        create_revision: prev.as_ref().map_or(rev as i64, |p| p.create_revision),
+        version: prev.as_ref().map_or(1, |p| p.version + 1),
+        lease: match (&prev, req.ignore_lease) {
+            (Some(p), true) => p.lease,
+            _ => req.lease,
+        },
+        value: match (&prev, req.ignore_value) {
+            (Some(p), true) => p.value.clone(),
+            _ => req.value.clone(),
+        },
+    };
+    kv.insert(row_key(&req.key, rev).as_slice(), version.encode().as_slice())?;
+    Ok(PutResponse { header: None, prev_kv: if req.prev_kv { prev } else { None } })
+}
+
+fn delete_range(kv: &mut KvTable<'_>, req: &DeleteRangeRequest, rev: u64) -> Result<DeleteRangeResponse, KvError> {
+    let span = Span::new(&req.key, &req.range_end);
+    let mut doomed = Vec::new();
+    for_each_live(kv, &span, u64::MAX, |found| {
+        doomed.push(found);
+        true
+    })?;
+    let tombstone = Version::tombstone().encode();
+    for found in &doomed {
+        kv.insert(row_key(&found.key, rev).as_slice(), tombstone.as_slice())?;
+    }
+    Ok(DeleteRangeResponse {
+        header: None,
+        deleted: doomed.len() as i64,
+        prev_kvs: if req.prev_kv { doomed } else { Vec::new() },
+    })
+}
+
+/// Decides every compare on the path before anything is written, as etcd does.
+fn decide_path(kv: &impl read::Rows, req: &TxnRequest) -> Result<Path, StorageError> {
+    let mut succeeded = true;
+    for c in &req.compare {
+        if !read::compare_holds(kv, c)? {
+            succeeded = false;
+            break;
+        }
+    }
+    let ops = if succeeded { &req.success } else { &req.failure };
+    let mut nested = Vec::new();
+    for op in ops {
+        if let Some(request_op::Request::RequestTxn(t)) = &op.request {
+            nested.push(decide_path(kv, t)?);
+        }
+    }
+    Ok(Path { succeeded, nested })
+}
+
+/// Checks the ops on the taken path against the state before the Txn, so that a
+/// Txn that fails does so before its first write.
+fn check_path(kv: &impl read::Rows, req: &TxnRequest, path: &Path, view: ReadView) -> Result<(), KvError> {
+    let ops = if path.succeeded { &req.success } else { &req.failure };
+    let mut nested = path.nested.iter();
+    for op in ops {
+        match &op.request {
+            Some(request_op::Request::RequestRange(r)) => {
+                if r.revision > view.current {
+                    return Err(MvccError::FutureRevision.into());
+                }
+                if r.revision > 0 && r.revision < view.compacted {
+                    return Err(MvccError::Compacted.into());
+                }
+            }
+            Some(request_op::Request::RequestPut(p)) => check_put_state(kv, p)?,
+            Some(request_op::Request::RequestTxn(t)) => {
+                let sub = nested.next().expect("a decided path has a node for each nested txn");
+                check_path(kv, t, sub, view)?;
+            }
+            Some(request_op::Request::RequestDeleteRange(_)) | None => {}
+        }
+    }
+    Ok(())
+}
+
+/// Executes a Txn along a decided path.
+struct Exec {
+    rev: u64,
+    changed: bool,
+    view: ReadView,
+}
+
+impl Exec {
+    fn txn(&mut self, kv: &mut KvTable<'_>, req: &TxnRequest, path: &Path) -> Result<TxnResponse, KvError> {
+        let ops = if path.succeeded { &req.success } else { &req.failure };
+        let mut nested = path.nested.iter();
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            responses.push(self.op(kv, op, &mut nested)?);
+        }
+        Ok(TxnResponse { header: None, succeeded: path.succeeded, responses })
+    }
+
+    fn op<'p>(
+        &mut self,
+        kv: &mut KvTable<'_>,
+        op: &RequestOp,
+        nested: &mut impl Iterator<Item = &'p Path>,
+    ) -> Result<ResponseOp, KvError> {
+        let header = |changed: bool, view: ReadView| ResponseHeader {
+            revision: view.current + i64::from(changed),
+            ..Default::default()
+        };
+        let response = match &op.request {
+            Some(request_op::Request::RequestRange(r)) => {
+                let view = ReadView { current: self.view.current + i64::from(self.changed), ..self.view };
+                let mut resp = read::range(kv, r, view)?;
+                resp.header = Some(header(self.changed, self.view));
+                response_op::Response::ResponseRange(resp)
+            }
+            Some(request_op::Request::RequestPut(p)) => {
+                let mut resp = put(kv, p, self.rev)?;
+                self.changed = true;
+                resp.header = Some(header(true, self.view));
+                response_op::Response::ResponsePut(resp)
+            }
+            Some(request_op::Request::RequestDeleteRange(d)) => {
+                let mut resp = delete_range(kv, d, self.rev)?;
+                self.changed |= resp.deleted > 0;
+                resp.header = Some(header(self.changed, self.view));
+                response_op::Response::ResponseDeleteRange(resp)
+            }
+            Some(request_op::Request::RequestTxn(t)) => {
+                let sub = nested.next().expect("a decided path has a node for each nested txn");
+                let mut resp = self.txn(kv, t, sub)?;
+                resp.header = Some(header(self.changed, self.view));
+                response_op::Response::ResponseTxn(resp)
+            }
+            None => return Err(MvccError::KeyNotFound.into()),
+        };
+        Ok(ResponseOp { response: Some(response) })
+    }
+}
+
+/// Removes every version older than `at` that a read at or after `at` cannot
+/// see: for each key, all versions below its newest at `at`, and that one too if
+/// it is a tombstone. Returns the number of rows removed.
+fn compact_rows(kv: &mut KvTable<'_>, at: u64) -> Result<u64, StorageError> {
+    let mut doomed: Vec<Vec<u8>> = Vec::new();
+    {
+        let mut current_key: Option<Vec<u8>> = None;
+        let mut candidates: Vec<(Vec<u8>, bool)> = Vec::new();
+        let flush = |candidates: &mut Vec<(Vec<u8>, bool)>, doomed: &mut Vec<Vec<u8>>| {
+            if let Some((newest, tombstone)) = candidates.pop() {
+                doomed.extend(candidates.drain(..).map(|(row, _)| row));
+                if tombstone {
+                    doomed.push(newest);
+                }
+            }
+        };
+        for row in kv.iter()? {
+            let (row_key, value) = row?;
+            let (key, revision) = split_row_key(row_key.value())?;
+            if current_key.as_deref() != Some(key.as_slice()) {
+                flush(&mut candidates, &mut doomed);
+                current_key = Some(key);
+            }
+            if revision <= at {
+                let tombstone = Version::decode(value.value())?.tombstone;
+                candidates.push((row_key.value().to_vec(), tombstone));
+            }
+        }
+        flush(&mut candidates, &mut doomed);
+    }
+    for row in &doomed {
+        kv.remove(row.as_slice())?;
+    }
+    Ok(doomed.len() as u64)
+}

@@ -1,0 +1,58 @@
+//! MVCC: etcd's key-value semantics on an ordered on-disk engine.
+//!
+//! Owns revisions (one per committed write), per-key `create_revision`,
+//! `mod_revision` and `version`, reads at past revisions, Range with etcd's
+//! count/filter/sort/limit rules, Txn compares and branches (nested too), the
+//! duplicate-key and op-count checks, compaction, and snapshots of the whole
+//! state as a byte stream.
+//!
+//! The layout keeps every version of every key in one redb table ordered by
+//! (key, revision), so ranges and historical reads are seeks and no key index
+//! lives in memory (see `encoding`).
+//!
+//! Deterministic: given the same commands in the same order, every member
+//! reaches byte-identical state. No async, no networking, and no knowledge of
+//! Raft: the layer above stores its own bookkeeping through `put_meta`.
+//!
+//! Modules: `encoding` (row layout), `span` (key ranges), `validate`
+//! (stateless request checks), `read` (range, compare), `apply` (the write
+//! path), `snapshot` (export and install), `store` (the database).
+
+pub mod apply;
+pub mod encoding;
+pub mod error;
+pub mod limits;
+pub mod read;
+pub mod snapshot;
+pub mod span;
+pub mod store;
+pub mod validate;
+
+pub use apply::ApplyBatch;
+pub use error::{GrpcCode, MvccError, StorageError};
+pub use store::{MvccStore, META_EXTERNAL_PREFIX};
+
+/// A read or apply failure: a client error, or an engine failure.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    #[error(transparent)]
+    Request(#[from] MvccError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<redb::StorageError> for KvError {
+    fn from(e: redb::StorageError) -> Self {
+        KvError::Storage(e.into())
+    }
+}
+impl From<redb::TableError> for KvError {
+    fn from(e: redb::TableError) -> Self {
+        KvError::Storage(e.into())
+    }
+}
+impl From<redb::TransactionError> for KvError {
+    fn from(e: redb::TransactionError) -> Self {
+        KvError::Storage(e.into())
+    }
+}

@@ -1,0 +1,17 @@
+//! Named limits of the key-value API. The server exposes the tunable ones as flags.
+
+/// etcd's default `--max-txn-ops`: operations in one branch of a Txn.
+pub const TXN_OPS_MAX_DEFAULT: usize = 128;
+
+/// etcd's default `--max-request-bytes`: 1.5 MiB.
+pub const REQUEST_BYTES_MAX_DEFAULT: usize = 1536 * 1024;
+
+/// Depth of nested Txns accepted. etcd bounds nesting only by the op budget; a
+/// fixed depth keeps validation and apply recursion bounded on any input.
+pub const TXN_NESTING_MAX: usize = 64;
+
+/// The revision of an empty store: etcd starts at 1, and the first write gets 2.
+pub const REVISION_INITIAL: i64 = 1;
+
+/// The compacted revision of a store that was never compacted.
+pub const COMPACT_REVISION_NONE: i64 = -1;

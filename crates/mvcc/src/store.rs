@@ -1,0 +1,200 @@
+//! The MVCC store: the redb database, its tables, and the read entry points.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use etcd_proto::etcdserverpb::{request_op, response_op, RangeRequest, RangeResponse, ResponseHeader, ResponseOp, TxnRequest, TxnResponse};
+use etcd_proto::fivefoldpb::MemberAttributes;
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::apply::ApplyBatch;
+use crate::error::{MvccError, StorageError};
+use crate::limits::{COMPACT_REVISION_NONE, REVISION_INITIAL};
+use crate::read::{self, ReadView};
+use crate::KvError;
+
+/// Every version of every key, keyed by (key, revision); see `encoding`.
+pub(crate) const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+/// Store-wide values: revisions, and opaque values of the layer above.
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Published member attributes, by member id.
+pub(crate) const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
+
+pub(crate) const META_REVISION: &str = "revision";
+pub(crate) const META_COMPACT: &str = "compact_revision";
+/// Meta keys owned by the layer above start with this.
+pub const META_EXTERNAL_PREFIX: &str = "ext/";
+
+pub struct MvccStore {
+    pub(crate) db: Database,
+    path: PathBuf,
+    /// The revision of the last committed batch, for cheap status reads.
+    revision: AtomicI64,
+    durable_commits: AtomicU64,
+}
+
+impl std::fmt::Debug for MvccStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MvccStore").field("path", &self.path).finish()
+    }
+}
+
+pub(crate) fn read_revisions(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<(i64, i64), StorageError> {
+    let int = |key: &str, default: i64| -> Result<i64, StorageError> {
+        match meta.get(key)? {
+            None => Ok(default),
+            Some(v) => {
+                let bytes: [u8; 8] = v
+                    .value()
+                    .try_into()
+                    .map_err(|_| StorageError(format!("corrupt meta value for {key}")))?;
+                Ok(i64::from_be_bytes(bytes))
+            }
+        }
+    };
+    Ok((int(META_REVISION, REVISION_INITIAL)?, int(META_COMPACT, COMPACT_REVISION_NONE)?))
+}
+
+impl MvccStore {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<MvccStore, StorageError> {
+        let db = Database::builder().create(path).map_err(StorageError::from)?;
+        {
+            let txn = db.begin_write()?;
+            txn.open_table(KV)?;
+            txn.open_table(META)?;
+            txn.open_table(MEMBERS)?;
+            txn.commit()?;
+        }
+        let store = MvccStore {
+            db,
+            path: path.to_path_buf(),
+            revision: AtomicI64::new(REVISION_INITIAL),
+            durable_commits: AtomicU64::new(0),
+        };
+        let (revision, _) = store.revisions()?;
+        store.revision.store(revision, Ordering::Release);
+        Ok(store)
+    }
+
+    /// The current and compacted revisions, read from the engine.
+    pub fn revisions(&self) -> Result<(i64, i64), StorageError> {
+        let txn = self.db.begin_read()?;
+        read_revisions(&txn.open_table(META)?)
+    }
+
+    /// The revision of the last applied batch.
+    pub fn revision(&self) -> i64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn note_commit(&self, revision: i64, durable: bool) {
+        let before = self.revision.swap(revision, Ordering::AcqRel);
+        assert!(revision >= before, "store revision never goes back: {before} -> {revision}");
+        if durable {
+            self.durable_commits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets the cached revision after the state was replaced by a snapshot (which
+    /// may move it in either direction).
+    pub(crate) fn reset_revision(&self, revision: i64) {
+        self.revision.store(revision, Ordering::Release);
+    }
+
+    /// Starts a batch of applies.
+    pub fn begin_apply(&self) -> Result<ApplyBatch<'_>, StorageError> {
+        ApplyBatch::begin(self)
+    }
+
+    /// Makes every earlier non-durable commit durable.
+    pub fn persist(&self) -> Result<(), StorageError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        txn.commit()?;
+        self.durable_commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Serves a Range from the last applied state.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, KvError> {
+        let txn = self.db.begin_read()?;
+        let (current, compacted) = read_revisions(&txn.open_table(META)?)?;
+        let kv = txn.open_table(KV)?;
+        read::range(&kv, req, ReadView { current, compacted })
+    }
+
+    /// Serves a Txn that only reads (see `validate::txn_is_read_only`).
+    pub fn read_only_txn(&self, req: &TxnRequest) -> Result<TxnResponse, KvError> {
+        assert!(crate::validate::txn_is_read_only(req), "only read-only txns are served off the log");
+        let txn = self.db.begin_read()?;
+        let (current, compacted) = read_revisions(&txn.open_table(META)?)?;
+        let kv = txn.open_table(KV)?;
+        read_only_txn(&kv, req, ReadView { current, compacted })
+    }
+
+    /// Reads a value stored by the layer above with `ApplyBatch::put_meta`.
+    pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Member attributes published through the log.
+    pub fn member_attributes(&self) -> Result<Vec<MemberAttributes>, StorageError> {
+        let txn = self.db.begin_read()?;
+        let members = txn.open_table(MEMBERS)?;
+        let mut out = Vec::new();
+        for row in members.iter()? {
+            let (_, value) = row?;
+            out.push(MemberAttributes::decode(value.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Size of the database file in bytes.
+    pub fn db_size(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Bytes the database uses for data and metadata, as opposed to free space.
+    pub fn db_size_in_use(&self) -> Result<u64, StorageError> {
+        let txn = self.db.begin_write()?;
+        let stats = txn.stats()?;
+        let used = stats.stored_bytes() + stats.metadata_bytes() + stats.fragmented_bytes();
+        txn.abort()?;
+        Ok(used)
+    }
+}
+
+fn read_only_txn(kv: &impl read::Rows, req: &TxnRequest, view: ReadView) -> Result<TxnResponse, KvError> {
+    let mut succeeded = true;
+    for c in &req.compare {
+        if !read::compare_holds(kv, c)? {
+            succeeded = false;
+            break;
+        }
+    }
+    let ops = if succeeded { &req.success } else { &req.failure };
+    let mut responses = Vec::with_capacity(ops.len());
+    for op in ops {
+        let response = match &op.request {
+            Some(request_op::Request::RequestRange(r)) => response_op::Response::ResponseRange(read::range(kv, r, view)?),
+            Some(request_op::Request::RequestTxn(t)) => {
+                let mut resp = read_only_txn(kv, t, view)?;
+                resp.header = Some(ResponseHeader { revision: view.current, ..Default::default() });
+                response_op::Response::ResponseTxn(resp)
+            }
+            _ => return Err(MvccError::InvalidRequest("write in a read-only txn".into()).into()),
+        };
+        responses.push(ResponseOp { response: Some(response) });
+    }
+    Ok(TxnResponse {
+        header: Some(ResponseHeader { revision: view.current, ..Default::default() }),
+        succeeded,
+        responses,
+    })
+}

@@ -1,0 +1,222 @@
+//! etcd semantics of the MVCC store, driven through its public API.
+
+use etcd_proto::etcdserverpb::{
+    compare, range_request, request_op, response_op, Compare, CompactionRequest, DeleteRangeRequest, PutRequest,
+    RangeRequest, RequestOp, TxnRequest,
+};
+use etcd_proto::fivefoldpb::{command, command_response, Command, CommandResponse};
+use mvcc::{MvccError, MvccStore};
+
+fn open() -> (tempfile::TempDir, MvccStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MvccStore::open(&dir.path().join("mvcc.redb")).unwrap();
+    (dir, store)
+}
+
+fn apply(store: &MvccStore, kind: command::Kind) -> CommandResponse {
+    let mut batch = store.begin_apply().unwrap();
+    let resp = batch.apply(&Command { kind: Some(kind) }).unwrap();
+    batch.commit(false).unwrap();
+    resp
+}
+
+fn put(store: &MvccStore, key: &str, value: &str) -> CommandResponse {
+    apply(store, command::Kind::Put(PutRequest { key: key.into(), value: value.into(), ..Default::default() }))
+}
+
+fn get(store: &MvccStore, key: &str, rev: i64) -> Result<Option<String>, MvccError> {
+    let req = RangeRequest { key: key.into(), revision: rev, ..Default::default() };
+    match store.range(&req) {
+        Ok(r) => Ok(r.kvs.first().map(|kv| String::from_utf8(kv.value.clone()).unwrap())),
+        Err(mvcc::KvError::Request(e)) => Err(e),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn error_of(resp: &CommandResponse) -> Option<String> {
+    match &resp.kind {
+        Some(command_response::Kind::Error(e)) => Some(e.message.clone()),
+        _ => None,
+    }
+}
+
+#[test]
+fn revisions_start_at_one_and_move_by_one_per_write() {
+    let (_dir, store) = open();
+    assert_eq!(store.revision(), 1);
+    assert_eq!(put(&store, "a", "1").revision, 2);
+    assert_eq!(put(&store, "a", "2").revision, 3);
+    // A delete of nothing does not take a revision.
+    let resp = apply(&store, command::Kind::DeleteRange(DeleteRangeRequest { key: "zz".into(), ..Default::default() }));
+    assert_eq!(resp.revision, 3);
+    let kv = store.range(&RangeRequest { key: "a".into(), ..Default::default() }).unwrap().kvs.remove(0);
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+}
+
+#[test]
+fn history_reads_and_compaction() {
+    let (_dir, store) = open();
+    put(&store, "k", "v1"); // rev 2
+    put(&store, "k", "v2"); // rev 3
+    apply(&store, command::Kind::DeleteRange(DeleteRangeRequest { key: "k".into(), ..Default::default() })); // 4
+    put(&store, "k", "v3"); // rev 5
+    assert_eq!(get(&store, "k", 2).unwrap().as_deref(), Some("v1"));
+    assert_eq!(get(&store, "k", 3).unwrap().as_deref(), Some("v2"));
+    assert_eq!(get(&store, "k", 4).unwrap(), None);
+    assert_eq!(get(&store, "k", 0).unwrap().as_deref(), Some("v3"));
+    assert_eq!(get(&store, "k", 6), Err(MvccError::FutureRevision));
+
+    let compact = |rev| apply(&store, command::Kind::Compaction(CompactionRequest { revision: rev, physical: false }));
+    assert_eq!(error_of(&compact(9)).as_deref(), Some("etcdserver: mvcc: required revision is a future revision"));
+    assert_eq!(error_of(&compact(3)), None);
+    assert_eq!(get(&store, "k", 2), Err(MvccError::Compacted));
+    assert_eq!(get(&store, "k", 3).unwrap().as_deref(), Some("v2"));
+    assert_eq!(error_of(&compact(3)).as_deref(), Some("etcdserver: mvcc: required revision has been compacted"));
+    // Compacting past the tombstone keeps the newer version readable.
+    assert_eq!(error_of(&compact(4)), None);
+    assert_eq!(get(&store, "k", 4).unwrap(), None);
+    assert_eq!(get(&store, "k", 5).unwrap().as_deref(), Some("v3"));
+}
+
+#[test]
+fn range_count_limit_sort_and_filters() {
+    let (_dir, store) = open();
+    for (k, v) in [("p/a", "3"), ("p/b", "1"), ("p/c", "2"), ("q", "0")] {
+        put(&store, k, v);
+    }
+    put(&store, "p/b", "9"); // p/b: version 2, mod 6
+    let base = RangeRequest { key: "p/".into(), range_end: "p0".into(), ..Default::default() };
+    let r = store.range(&RangeRequest { limit: 2, ..base.clone() }).unwrap();
+    assert_eq!((r.kvs.len(), r.more, r.count), (2, true, 3));
+    let r = store
+        .range(&RangeRequest {
+            sort_target: range_request::SortTarget::Value as i32,
+            sort_order: range_request::SortOrder::Descend as i32,
+            ..base.clone()
+        })
+        .unwrap();
+    let keys: Vec<_> = r.kvs.iter().map(|kv| String::from_utf8_lossy(&kv.key).to_string()).collect();
+    assert_eq!(keys, ["p/b", "p/a", "p/c"]);
+    let r = store.range(&RangeRequest { min_mod_revision: 4, ..base.clone() }).unwrap();
+    assert_eq!(r.kvs.len(), 2);
+    assert_eq!(r.count, 3, "count ignores filters, as etcd's does");
+    let r = store.range(&RangeRequest { count_only: true, ..base.clone() }).unwrap();
+    assert!(r.kvs.is_empty());
+    assert_eq!(r.count, 3);
+    let r = store.range(&RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() }).unwrap();
+    assert_eq!(r.count, 4);
+    let r = store.range(&RangeRequest { keys_only: true, ..base }).unwrap();
+    assert!(r.kvs.iter().all(|kv| kv.value.is_empty()));
+}
+
+fn op_put(key: &str, value: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        })),
+    }
+}
+
+fn op_get(key: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestRange(RangeRequest { key: key.into(), ..Default::default() })),
+    }
+}
+
+fn cmp(key: &str, target: compare::CompareTarget, result: compare::CompareResult, u: compare::TargetUnion) -> Compare {
+    Compare { key: key.into(), target: target as i32, result: result as i32, target_union: Some(u), range_end: vec![] }
+}
+
+#[test]
+fn txn_branches_see_their_own_writes_and_take_one_revision() {
+    let (_dir, store) = open();
+    put(&store, "x", "1"); // rev 2
+    let txn = TxnRequest {
+        compare: vec![cmp(
+            "x",
+            compare::CompareTarget::Value,
+            compare::CompareResult::Equal,
+            compare::TargetUnion::Value("1".into()),
+        )],
+        success: vec![op_put("y", "a"), op_get("y"), op_put("z", "b")],
+        failure: vec![op_get("x")],
+    };
+    let resp = apply(&store, command::Kind::Txn(txn.clone()));
+    assert_eq!(resp.revision, 3);
+    let Some(command_response::Kind::Txn(t)) = resp.kind else { panic!("{resp:?}") };
+    assert!(t.succeeded);
+    let Some(response_op::Response::ResponseRange(r)) = &t.responses[1].response else { panic!() };
+    assert_eq!(r.kvs[0].value, b"a");
+    assert_eq!(r.kvs[0].mod_revision, 3);
+    // Same txn again: the compare still holds, y/z get a new version.
+    let resp = apply(&store, command::Kind::Txn(TxnRequest { compare: vec![cmp(
+        "missing",
+        compare::CompareTarget::Value,
+        compare::CompareResult::Equal,
+        compare::TargetUnion::Value(vec![]),
+    )], ..txn }));
+    let Some(command_response::Kind::Txn(t)) = resp.kind else { panic!() };
+    assert!(!t.succeeded, "a VALUE compare on a missing key is false");
+    assert_eq!(resp.revision, 3, "a read-only failure branch takes no revision");
+}
+
+#[test]
+fn failed_txn_writes_nothing() {
+    let (_dir, store) = open();
+    let txn = TxnRequest {
+        compare: vec![],
+        success: vec![
+            op_put("a", "1"),
+            RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: "b".into(),
+                    lease: 7,
+                    ..Default::default()
+                })),
+            },
+        ],
+        failure: vec![],
+    };
+    let resp = apply(&store, command::Kind::Txn(txn));
+    assert_eq!(error_of(&resp).as_deref(), Some("etcdserver: requested lease not found"));
+    assert_eq!(get(&store, "a", 0).unwrap(), None);
+    assert_eq!(store.revision(), 1);
+}
+
+#[test]
+fn snapshots_round_trip_and_reject_corruption() {
+    let (_dir, a) = open();
+    for i in 0..50 {
+        put(&a, &format!("key{i:03}"), &format!("value{i}"));
+    }
+    let mut bytes = Vec::new();
+    a.write_snapshot(&mut bytes).unwrap();
+    let (_dir2, b) = open();
+    put(&b, "stale", "x");
+    b.install_snapshot(bytes.as_slice()).unwrap();
+    assert_eq!(b.revision(), a.revision());
+    assert_eq!(get(&b, "stale", 0).unwrap(), None);
+    assert_eq!(get(&b, "key049", 0).unwrap().as_deref(), Some("value49"));
+    let mut corrupt = bytes.clone();
+    let middle = corrupt.len() / 2;
+    corrupt[middle] ^= 0x55;
+    assert!(b.install_snapshot(corrupt.as_slice()).is_err());
+    assert!(b.install_snapshot(&bytes[..bytes.len() - 3]).is_err());
+    assert_eq!(get(&b, "key049", 0).unwrap().as_deref(), Some("value49"), "a failed install leaves state alone");
+}
+
+#[test]
+fn state_survives_reopen_after_durable_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mvcc.redb");
+    {
+        let store = MvccStore::open(&path).unwrap();
+        put(&store, "a", "1");
+        store.persist().unwrap();
+    }
+    let store = MvccStore::open(&path).unwrap();
+    assert_eq!(store.revision(), 2);
+    assert_eq!(get(&store, "a", 0).unwrap().as_deref(), Some("1"));
+}
