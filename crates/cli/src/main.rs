@@ -1,1 +1,40 @@
-fn main() {}
+//! The `fivefold` binary: clap subcommands over the library crates. Only this
+//! crate reads flags and the environment; everything below takes a config.
+
+mod store_cmd;
+mod up;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "fivefold", version, about = "A financial-grade platform: an etcd-compatible store replicated over five data centers in three cities")]
+struct Cli {
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `debug,openraft=info`.
+    #[arg(long, global = true, env = "FIVEFOLD_LOG", default_value = "info,openraft=warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one store member (etcd v3 API). Flags follow etcd's names.
+    Store(Box<store_cmd::StoreArgs>),
+    /// Start a local five-member, three-city deployment on loopback.
+    Up(up::UpArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log)?)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Store(args) => store_cmd::run(*args).await,
+            Command::Up(args) => up::run(args).await,
+        }
+    })
+}

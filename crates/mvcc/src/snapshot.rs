@@ -28,6 +28,11 @@ pub struct SnapshotSummary {
     pub bytes: u64,
 }
 
+/// The values of the layer above (keys under `META_EXTERNAL_PREFIX`) as of the
+/// snapshot: Raft's applied log id and membership must describe exactly the
+/// state the snapshot holds, so they are read in the same transaction.
+pub type ExternalMeta = Vec<(String, Vec<u8>)>;
+
 struct CrcWriter<W> {
     inner: W,
     crc: crc32fast::Hasher,
@@ -74,8 +79,13 @@ impl<R: Read> CrcReader<R> {
 
 impl MvccStore {
     /// Writes a consistent snapshot of the whole state to `out`.
-    pub fn write_snapshot(&self, out: impl Write) -> Result<SnapshotSummary, StorageError> {
+    ///
+    /// Everything the snapshot holds is made durable first, so that the log
+    /// behind it may be purged: a restart never needs an entry the snapshot covers.
+    pub fn write_snapshot(&self, out: impl Write) -> Result<(SnapshotSummary, ExternalMeta), StorageError> {
         let txn = self.db.begin_read()?;
+        self.persist()?;
+        let mut external = Vec::new();
         let mut w = CrcWriter { inner: out, crc: crc32fast::Hasher::new(), bytes: 0 };
         w.put(MAGIC)?;
         let mut rows = 0;
@@ -87,6 +97,9 @@ impl MvccStore {
         for row in txn.open_table(META)?.iter()? {
             let (k, v) = row?;
             w.record(TAG_META, k.value().as_bytes(), v.value())?;
+            if k.value().starts_with(crate::store::META_EXTERNAL_PREFIX) {
+                external.push((k.value().to_string(), v.value().to_vec()));
+            }
         }
         for row in txn.open_table(MEMBERS)?.iter()? {
             let (k, v) = row?;
@@ -96,7 +109,7 @@ impl MvccStore {
         let crc = w.crc.clone().finalize();
         w.inner.write_all(&crc.to_le_bytes())?;
         w.inner.flush()?;
-        Ok(SnapshotSummary { rows, bytes: w.bytes + 4 })
+        Ok((SnapshotSummary { rows, bytes: w.bytes + 4 }, external))
     }
 
     /// Replaces the whole state with a snapshot read from `input`, durably.

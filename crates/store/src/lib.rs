@@ -1,1 +1,34 @@
-//! placeholder
+//! The store member: etcd's v3 API over the MVCC state machine, replicated with
+//! openraft.
+//!
+//! Owns the gRPC services clients see (`etcdserverpb.KV`, `Maintenance`,
+//! `Cluster`) and the one members use among themselves (`fivefoldpb.Peer`), the
+//! Raft log (its own redb file, fsynced per append), the state machine glue and
+//! snapshots, the peer transport, the write path (propose, forwarded from a
+//! follower to the leader) and the linearizable read path (ReadIndex).
+//!
+//! Knows nothing of routing, registry or any platform component: they reach the
+//! store through the etcd API like any client. The MVCC semantics live in the
+//! `mvcc` crate; this crate must not re-implement them.
+//!
+//! Modules: `config` (flags, checked), `types` (Raft type config), `log_store`,
+//! `state_machine`, `network` (peer client), `peer_service`, `node` (request
+//! paths), `kv_service`, `maintenance_service`, `cluster_service`, `placement`
+//! (key → Raft group), `server` (assembly and lifecycle).
+
+pub mod cluster_service;
+pub mod config;
+pub mod kv_service;
+pub mod log_store;
+pub mod maintenance_service;
+pub mod network;
+pub mod node;
+pub mod peer_service;
+pub mod placement;
+pub mod server;
+pub mod state_machine;
+pub mod types;
+
+pub use config::{ClusterState, ConfigError, StoreConfig};
+pub use maintenance_service::ETCD_COMPATIBLE_VERSION;
+pub use server::{run, ServerError};

@@ -1,1 +1,31 @@
-//! placeholder
+//! Test tooling for fivefold's integration tests.
+//!
+//! Owns how a test gets real `fivefold store` processes to talk to:
+//!
+//! - [`Cluster`] (module `cluster`): starts a cluster of members on loopback, each
+//!   with its own temporary data dir and log file, waits until every member answers
+//!   `Maintenance.Status` with a known leader, and injects the faults a test needs:
+//!   crash ([`Cluster::kill`], SIGKILL), clean stop ([`Cluster::stop`], SIGTERM),
+//!   [`Cluster::restart`] and [`Cluster::wipe`]. Dropping it kills every member.
+//! - [`tool`] (module `tools`): finds external programs (`etcdctl`) on PATH, skipping
+//!   a test politely when one is missing unless `FIVEFOLD_REQUIRE_ALL=1`.
+//! - [`free_ports`] (module `ports`): loopback ports outside the kernel's ephemeral
+//!   range, never handed out twice in one test process.
+//!
+//! **Architecture Invariant:** testkit knows nothing of fivefold's internals. It
+//! reaches members only through their command line, their log files and the etcd v3
+//! API (via `etcd-client`), like any other client, and depends on no fivefold crate.
+//!
+//! **Architecture Invariant:** a member never outlives its test. [`Cluster`]'s `Drop`
+//! kills and reaps every member, and where util-linux's `setpriv` exists each member
+//! also runs with a parent-death signal, so a test process that dies without
+//! unwinding takes its members with it.
+
+mod cluster;
+mod ports;
+mod spawner;
+mod tools;
+
+pub use cluster::{placement, Cluster, ClusterOptions, Placement};
+pub use ports::free_ports;
+pub use tools::{binary_under_test, tool};

@@ -1,0 +1,128 @@
+//! `fivefold store`: one store member.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use store::{ClusterState, StoreConfig};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum InitialClusterState {
+    New,
+    Existing,
+}
+
+fn urls(value: &str) -> Vec<String> {
+    value.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect()
+}
+
+#[derive(Args)]
+pub struct StoreArgs {
+    /// Human-readable name of this member.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Where the Raft log, the state machine and snapshots live. Default: NAME.fivefold
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// URLs to serve clients on (comma-separated).
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub listen_client_urls: String,
+    /// Client URLs this member tells others about. Default: the listen URLs.
+    #[arg(long)]
+    pub advertise_client_urls: Option<String>,
+    /// URLs to serve other members on (comma-separated).
+    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    pub listen_peer_urls: String,
+    /// Peer URLs of this member as the others reach them. Default: the listen URLs.
+    #[arg(long)]
+    pub initial_advertise_peer_urls: Option<String>,
+    /// The initial members, NAME=PEER_URL,... Default: this member alone.
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// `new` bootstraps a cluster; `existing` joins one that runs.
+    #[arg(long, value_enum, default_value = "new")]
+    pub initial_cluster_state: InitialClusterState,
+    /// Token that keeps member and cluster ids of different clusters apart.
+    #[arg(long, default_value = "fivefold-cluster")]
+    pub initial_cluster_token: String,
+    /// The city (failure region) this member runs in.
+    #[arg(long, default_value = "local")]
+    pub city: String,
+    /// The data center (failure domain inside the city) this member runs in.
+    #[arg(long, default_value = "local")]
+    pub dc: String,
+    /// Largest client request accepted, in bytes (etcd's default: 1.5 MiB).
+    #[arg(long, default_value_t = mvcc::limits::REQUEST_BYTES_MAX_DEFAULT)]
+    pub max_request_bytes: usize,
+    /// Most operations in one Txn branch.
+    #[arg(long, default_value_t = mvcc::limits::TXN_OPS_MAX_DEFAULT)]
+    pub max_txn_ops: usize,
+    /// Applied entries between Raft snapshots.
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_count: u64,
+    /// Log entries kept behind a snapshot so slow followers catch up without one.
+    #[arg(long, default_value_t = 5_000)]
+    pub snapshot_catchup_entries: u64,
+    /// Leader heartbeat interval, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Election timeout, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout: u64,
+}
+
+impl StoreArgs {
+    pub fn to_config(&self) -> anyhow::Result<StoreConfig> {
+        let data_dir = self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.fivefold", self.name)));
+        let mut config = StoreConfig::new(&self.name, data_dir);
+        config.listen_client_urls = urls(&self.listen_client_urls);
+        config.advertise_client_urls =
+            self.advertise_client_urls.as_deref().map(urls).unwrap_or_else(|| config.listen_client_urls.clone());
+        config.listen_peer_urls = urls(&self.listen_peer_urls);
+        config.initial_advertise_peer_urls =
+            self.initial_advertise_peer_urls.as_deref().map(urls).unwrap_or_else(|| config.listen_peer_urls.clone());
+        let cluster = match &self.initial_cluster {
+            Some(value) => value.clone(),
+            None => format!("{}={}", self.name, config.initial_advertise_peer_urls.join(&format!(",{}=", self.name))),
+        };
+        config.initial_cluster = store::config::parse_initial_cluster(&cluster)?;
+        config.initial_cluster_state = match self.initial_cluster_state {
+            InitialClusterState::New => ClusterState::New,
+            InitialClusterState::Existing => ClusterState::Existing,
+        };
+        config.initial_cluster_token = self.initial_cluster_token.clone();
+        config.city = self.city.clone();
+        config.dc = self.dc.clone();
+        config.max_request_bytes = self.max_request_bytes;
+        config.max_txn_ops = self.max_txn_ops;
+        config.snapshot_count = self.snapshot_count;
+        config.snapshot_catchup_entries = self.snapshot_catchup_entries;
+        config.heartbeat_interval = Duration::from_millis(self.heartbeat_interval);
+        config.election_timeout = Duration::from_millis(self.election_timeout);
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Resolves when the process is asked to stop (SIGTERM or SIGINT).
+pub async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
+    let config = args.to_config().context("invalid flags")?;
+    store::run(config, stop_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! `etcdserverpb.KV`: Range, Put, DeleteRange, Txn, Compact.
+
+use std::sync::Arc;
+
+use etcd_proto::etcdserverpb::kv_server::Kv;
+use etcd_proto::etcdserverpb::{
+    response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+};
+use etcd_proto::fivefoldpb::{command, command_response, Command, CommandResponse};
+use mvcc::validate;
+use tonic::{Request, Response, Status};
+
+use crate::node::{kv_status, status_of, StoreNode};
+use crate::placement;
+
+pub struct KvService {
+    pub node: Arc<StoreNode>,
+}
+
+/// Sets the member fields of every header in a Txn response, keeping each
+/// header's revision.
+fn stamp_txn(resp: &mut TxnResponse, template: &ResponseHeader) {
+    let stamp = |h: &mut Option<ResponseHeader>| {
+        let revision = h.as_ref().map_or(template.revision, |h| h.revision);
+        *h = Some(ResponseHeader { revision, ..*template });
+    };
+    stamp(&mut resp.header);
+    for op in &mut resp.responses {
+        match &mut op.response {
+            Some(response_op::Response::ResponseRange(r)) => stamp(&mut r.header),
+            Some(response_op::Response::ResponsePut(r)) => stamp(&mut r.header),
+            Some(response_op::Response::ResponseDeleteRange(r)) => stamp(&mut r.header),
+            Some(response_op::Response::ResponseTxn(r)) => stamp_txn(r, template),
+            None => {}
+        }
+    }
+}
+
+fn unexpected(resp: &CommandResponse) -> Status {
+    tracing::error!(?resp, "applied command returned the wrong response kind");
+    Status::internal("etcdserver: unexpected response kind")
+}
+
+impl KvService {
+    async fn write(&self, kind: command::Kind) -> Result<CommandResponse, Status> {
+        let command = Command { kind: Some(kind) };
+        self.node.propose(command).await
+    }
+
+    fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        Some(self.node.header(revision))
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let req = request.into_inner();
+        validate::check_range(&req).map_err(|e| status_of(&e))?;
+        placement::group_of_range(&req.key, &req.range_end);
+        if !req.serializable {
+            self.node.read_barrier().await?;
+        }
+        let mvcc = self.node.mvcc.clone();
+        let mut resp = tokio::task::spawn_blocking(move || mvcc.range(&req))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(kv_status)?;
+        let revision = resp.header.as_ref().map_or(0, |h| h.revision);
+        resp.header = self.header(revision);
+        Ok(Response::new(resp))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = request.into_inner();
+        validate::check_put(&req).map_err(|e| status_of(&e))?;
+        placement::group_of_key(&req.key);
+        let resp = self.write(command::Kind::Put(req)).await?;
+        match resp.kind {
+            Some(command_response::Kind::Put(mut r)) => {
+                r.header = self.header(resp.revision);
+                Ok(Response::new(r))
+            }
+            _ => Err(unexpected(&resp)),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let req = request.into_inner();
+        validate::check_delete_range(&req).map_err(|e| status_of(&e))?;
+        placement::group_of_range(&req.key, &req.range_end);
+        let resp = self.write(command::Kind::DeleteRange(req)).await?;
+        match resp.kind {
+            Some(command_response::Kind::DeleteRange(mut r)) => {
+                r.header = self.header(resp.revision);
+                Ok(Response::new(r))
+            }
+            _ => Err(unexpected(&resp)),
+        }
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let req = request.into_inner();
+        validate::check_txn(&req, self.node.config.max_txn_ops).map_err(|e| status_of(&e))?;
+        let template = self.node.header(0);
+        if validate::txn_is_read_only(&req) {
+            self.node.read_barrier().await?;
+            let mvcc = self.node.mvcc.clone();
+            let mut resp = tokio::task::spawn_blocking(move || mvcc.read_only_txn(&req))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(kv_status)?;
+            stamp_txn(&mut resp, &template);
+            return Ok(Response::new(resp));
+        }
+        let resp = self.write(command::Kind::Txn(req)).await?;
+        match resp.kind {
+            Some(command_response::Kind::Txn(mut r)) => {
+                let template = ResponseHeader { revision: resp.revision, ..self.node.header(resp.revision) };
+                r.header = Some(template);
+                stamp_txn(&mut r, &template);
+                Ok(Response::new(r))
+            }
+            _ => Err(unexpected(&resp)),
+        }
+    }
+
+    async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        let req = request.into_inner();
+        let resp = self.write(command::Kind::Compaction(req)).await?;
+        match resp.kind {
+            Some(command_response::Kind::Compaction(mut r)) => {
+                r.header = self.header(resp.revision);
+                Ok(Response::new(r))
+            }
+            _ => Err(unexpected(&resp)),
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! One store member: Raft, the MVCC store, and the two request paths every
+//! service uses — `propose` for writes (forwarded to the leader from a
+//! follower) and `read_barrier` for linearizable reads (ReadIndex, asked of the
+//! leader from a follower).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_proto::etcdserverpb::ResponseHeader;
+use etcd_proto::fivefoldpb::peer_client::PeerClient;
+use etcd_proto::fivefoldpb::{
+    command, command_response, Command, CommandResponse, MemberAttributes, ProposeRequest, ReadIndexRequest,
+};
+use mvcc::{MvccError, MvccStore};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use prost::Message;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::config::StoreConfig;
+use crate::types::{Member, NodeId, Raft, Request};
+
+/// etcd's message when no leader is known.
+pub const NO_LEADER: &str = "etcdserver: no leader";
+/// etcd's message when a request ran out of time.
+pub const REQUEST_TIMED_OUT: &str = "etcdserver: request timed out";
+/// Message a leader-only peer call gets from a member that is not the leader.
+const NOT_LEADER: &str = "fivefold: not the leader";
+
+pub struct StoreNode {
+    pub raft: Raft,
+    pub mvcc: Arc<MvccStore>,
+    pub member_id: NodeId,
+    pub cluster_id: u64,
+    pub config: StoreConfig,
+    peers: Mutex<HashMap<String, PeerClient<Channel>>>,
+}
+
+/// Turns a client error from the MVCC layer into etcd's gRPC status.
+pub fn status_of(e: &MvccError) -> Status {
+    Status::new(Code::from_i32(e.code() as i32), e.to_string())
+}
+
+pub fn kv_status(e: mvcc::KvError) -> Status {
+    match e {
+        mvcc::KvError::Request(e) => status_of(&e),
+        mvcc::KvError::Storage(e) => {
+            tracing::error!(error = %e, "storage failure while serving a read");
+            Status::internal(format!("etcdserver: {e}"))
+        }
+    }
+}
+
+impl StoreNode {
+    pub fn new(raft: Raft, mvcc: Arc<MvccStore>, config: StoreConfig) -> StoreNode {
+        StoreNode {
+            member_id: config.member_id(),
+            cluster_id: config.cluster_id(),
+            raft,
+            mvcc,
+            config,
+            peers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A response header at `revision`.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: self.raft.metrics().borrow().current_term,
+        }
+    }
+
+    fn peer(&self, url: &str) -> Result<PeerClient<Channel>, Status> {
+        let mut peers = self.peers.lock().expect("peer map lock");
+        if let Some(client) = peers.get(url) {
+            return Ok(client.clone());
+        }
+        let client =
+            crate::network::peer_client(url).map_err(|e| Status::unavailable(format!("peer {url}: {e}")))?;
+        peers.insert(url.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// The current leader and its membership record, waiting until `deadline`
+    /// for one to be known.
+    async fn leader(&self, deadline: Instant) -> Result<(NodeId, Member), Status> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if let Some(id) = m.current_leader {
+                    if let Some(node) = m.membership_config.membership().get_node(&id) {
+                        return Ok((id, node.clone()));
+                    }
+                }
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(Status::unavailable("etcdserver: server stopped")),
+                Err(_) => return Err(Status::unavailable(NO_LEADER)),
+            }
+        }
+    }
+
+    /// Waits for the next change of leadership, or `deadline`.
+    async fn leadership_change(&self, seen: Option<NodeId>, deadline: Instant) {
+        let mut metrics = self.raft.metrics();
+        let changed = |m: &openraft::RaftMetrics<NodeId, Member>| m.current_leader != seen;
+        let wait = async {
+            while !changed(&metrics.borrow_and_update()) {
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        // A short pause at most: a stale leader id may simply not be updated yet.
+        let pause = Instant::now() + self.config.heartbeat_interval;
+        let _ = tokio::time::timeout_at(deadline.min(pause), wait).await;
+    }
+
+    /// Replicates a write and returns what applying it produced. From a
+    /// follower the write is forwarded to the leader. Acknowledged only once a
+    /// majority has the entry durably and it has been applied.
+    pub async fn propose(&self, command: Command) -> Result<CommandResponse, Status> {
+        if command.encoded_len() > self.config.max_request_bytes {
+            return Err(status_of(&MvccError::RequestTooLarge));
+        }
+        let deadline = Instant::now() + self.config.request_timeout;
+        loop {
+            let (leader_id, leader) = self.leader(deadline).await?;
+            let result = if leader_id == self.member_id {
+                self.propose_here(command.clone(), deadline).await
+            } else {
+                self.forward(&leader, command.clone(), deadline).await
+            };
+            match result {
+                Err(status) if status.message() == NOT_LEADER => {
+                    // Nothing was proposed: find the new leader and try again.
+                    self.leadership_change(Some(leader_id), deadline).await;
+                    if Instant::now() >= deadline {
+                        return Err(Status::unavailable(REQUEST_TIMED_OUT));
+                    }
+                }
+                other => return other.and_then(response_or_error),
+            }
+        }
+    }
+
+    /// Proposes on this member, which must be the leader.
+    pub async fn propose_here(&self, command: Command, deadline: Instant) -> Result<CommandResponse, Status> {
+        match tokio::time::timeout_at(deadline, self.raft.client_write(Request(command))).await {
+            Err(_) => Err(Status::unavailable(REQUEST_TIMED_OUT)),
+            Ok(Ok(written)) => Ok(written.data.0),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(Status::unavailable(NOT_LEADER))
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Err(Status::failed_precondition(format!("etcdserver: {e}")))
+            }
+            Ok(Err(RaftError::Fatal(e))) => Err(Status::unavailable(format!("etcdserver: server stopped: {e}"))),
+        }
+    }
+
+    async fn forward(&self, leader: &Member, command: Command, deadline: Instant) -> Result<CommandResponse, Status> {
+        let url = leader.peer_urls.first().ok_or_else(|| Status::unavailable(NO_LEADER))?;
+        let mut client = self.peer(url)?;
+        let mut request = tonic::Request::new(ProposeRequest { command: Some(command) });
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        match client.propose(request).await {
+            Ok(reply) => reply
+                .into_inner()
+                .response
+                .ok_or_else(|| Status::internal("etcdserver: leader sent an empty response")),
+            Err(status) if status.message() == NOT_LEADER => Err(status),
+            // The leader may or may not have the write: the outcome is unknown.
+            Err(status) => {
+                tracing::debug!(%status, leader = %leader, "forwarding a write failed");
+                Err(Status::unavailable(REQUEST_TIMED_OUT))
+            }
+        }
+    }
+
+    /// Returns once this member's state machine has applied everything that
+    /// was committed when the call began, as confirmed by a quorum: reads after
+    /// it are linearizable.
+    pub async fn read_barrier(&self) -> Result<(), Status> {
+        let deadline = Instant::now() + self.config.request_timeout;
+        loop {
+            let (leader_id, leader) = self.leader(deadline).await?;
+            let index = if leader_id == self.member_id {
+                self.read_index_here(deadline).await
+            } else {
+                self.read_index_from(&leader, deadline).await
+            };
+            match index {
+                Ok(index) => return self.wait_applied(index, deadline).await,
+                Err(status) if status.message() == NOT_LEADER => {
+                    self.leadership_change(Some(leader_id), deadline).await;
+                    if Instant::now() >= deadline {
+                        return Err(Status::unavailable(REQUEST_TIMED_OUT));
+                    }
+                }
+                Err(status) => return Err(status),
+            }
+        }
+    }
+
+    /// The read index, confirmed by a heartbeat round to a quorum. Only on the leader.
+    pub async fn read_index_here(&self, deadline: Instant) -> Result<u64, Status> {
+        match tokio::time::timeout_at(deadline, self.raft.get_read_log_id()).await {
+            Err(_) => Err(Status::unavailable(REQUEST_TIMED_OUT)),
+            Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map_or(0, |id| id.index)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
+                Err(Status::unavailable(NOT_LEADER))
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                Err(Status::unavailable(NOT_LEADER))
+            }
+            Ok(Err(RaftError::Fatal(e))) => Err(Status::unavailable(format!("etcdserver: server stopped: {e}"))),
+        }
+    }
+
+    async fn read_index_from(&self, leader: &Member, deadline: Instant) -> Result<u64, Status> {
+        let url = leader.peer_urls.first().ok_or_else(|| Status::unavailable(NO_LEADER))?;
+        let mut client = self.peer(url)?;
+        let mut request = tonic::Request::new(ReadIndexRequest {});
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        match client.read_index(request).await {
+            Ok(reply) => Ok(reply.into_inner().index),
+            Err(status) if status.message() == NOT_LEADER => Err(status),
+            Err(status) => {
+                tracing::debug!(%status, leader = %leader, "read index from the leader failed");
+                Err(Status::unavailable(NOT_LEADER))
+            }
+        }
+    }
+
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), Status> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|_| Status::unavailable(REQUEST_TIMED_OUT))
+    }
+
+    /// Publishes this member's name and client URLs through the log, retrying
+    /// until it is committed or the member stops.
+    pub async fn publish_attributes(self: Arc<Self>) {
+        let attributes = MemberAttributes {
+            member_id: self.member_id,
+            name: self.config.name.clone(),
+            client_urls: self.config.advertise_client_urls.clone(),
+            city: self.config.city.clone(),
+            dc: self.config.dc.clone(),
+        };
+        let command = Command { kind: Some(command::Kind::MemberAttributes(attributes)) };
+        loop {
+            match self.propose(command.clone()).await {
+                Ok(_) => {
+                    tracing::info!(member = %self.config.name, "published member attributes");
+                    return;
+                }
+                Err(status) => {
+                    tracing::debug!(%status, "publishing member attributes, will retry");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    /// Starts a new cluster on a pristine member (the same membership on every
+    /// initial member, so it is safe to do on all of them).
+    pub async fn bootstrap(&self) -> Result<(), Status> {
+        let initialized = self.raft.is_initialized().await.map_err(|e| Status::internal(e.to_string()))?;
+        if initialized {
+            return Ok(());
+        }
+        let members: BTreeMap<NodeId, Member> = self.config.initial_members().into_iter().collect();
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+}
+
+/// An applied command's response, or the etcd error it carries.
+fn response_or_error(response: CommandResponse) -> Result<CommandResponse, Status> {
+    match &response.kind {
+        Some(command_response::Kind::Error(e)) => Err(Status::new(Code::from_i32(e.code), e.message.clone())),
+        _ => Ok(response),
+    }
+}

@@ -1,0 +1,57 @@
+//! `fivefoldpb.Peer`: the member-to-member service. Raft RPCs arrive here, and
+//! followers forward writes and read-index requests to the leader.
+
+use std::sync::Arc;
+
+use etcd_proto::fivefoldpb::peer_server::Peer;
+use etcd_proto::fivefoldpb::{ProposeRequest, ProposeResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use crate::node::StoreNode;
+
+pub struct PeerService {
+    pub node: Arc<StoreNode>,
+}
+
+fn decode<T: DeserializeOwned>(payload: &RaftPayload) -> Result<T, Status> {
+    bincode::deserialize(&payload.data).map_err(|e| Status::invalid_argument(format!("bad raft payload: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
+    let data = bincode::serialize(value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftPayload { data }))
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(request.get_ref())?;
+        encode(&self.node.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(request.get_ref())?;
+        encode(&self.node.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(request.get_ref())?;
+        encode(&self.node.raft.install_snapshot(rpc).await)
+    }
+
+    async fn propose(&self, request: Request<ProposeRequest>) -> Result<Response<ProposeResponse>, Status> {
+        let command = request.into_inner().command.ok_or_else(|| Status::invalid_argument("no command"))?;
+        let deadline = Instant::now() + self.node.config.request_timeout;
+        let response = self.node.propose_here(command, deadline).await?;
+        Ok(Response::new(ProposeResponse { response: Some(response) }))
+    }
+
+    async fn read_index(&self, _request: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
+        let deadline = Instant::now() + self.node.config.request_timeout;
+        let index = self.node.read_index_here(deadline).await?;
+        Ok(Response::new(ReadIndexResponse { index }))
+    }
+}

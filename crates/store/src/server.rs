@@ -1,0 +1,164 @@
+//! Assembles a member — engine, Raft, services, listeners — and runs it until
+//! asked to stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use etcd_proto::etcdserverpb::cluster_server::ClusterServer;
+use etcd_proto::etcdserverpb::kv_server::KvServer;
+use etcd_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use etcd_proto::fivefoldpb::peer_server::PeerServer;
+use mvcc::MvccStore;
+use openraft::SnapshotPolicy;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::cluster_service::ClusterService;
+use crate::config::{parse_url, ClusterState, StoreConfig, GRPC_OVERHEAD_BYTES};
+use crate::kv_service::KvService;
+use crate::log_store::LogStore;
+use crate::maintenance_service::MaintenanceService;
+use crate::network::{Network, PEER_MESSAGE_BYTES_MAX};
+use crate::node::StoreNode;
+use crate::peer_service::PeerService;
+use crate::state_machine::StateMachine;
+use crate::types::Raft;
+
+/// Entries sent to a follower in one AppendEntries.
+const APPEND_ENTRIES_MAX: u64 = 1024;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("data dir {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("cannot listen on {url}: {source} (is another member or etcd using that port?)")]
+    Listen { url: String, source: std::io::Error },
+    #[error("opening the store: {0}")]
+    Storage(String),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("serving {what}: {source}")]
+    Serve { what: &'static str, source: tonic::transport::Error },
+}
+
+fn raft_config(config: &StoreConfig) -> Result<openraft::Config, ServerError> {
+    let election_ms = config.election_timeout.as_millis() as u64;
+    openraft::Config {
+        cluster_name: config.initial_cluster_token.clone(),
+        heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
+        election_timeout_min: election_ms,
+        election_timeout_max: election_ms + election_ms / 2,
+        max_payload_entries: APPEND_ENTRIES_MAX,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+        max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| ServerError::Raft(e.to_string()))
+}
+
+async fn bind(urls: &[String], flag: &'static str) -> Result<Vec<(String, TcpListener)>, ServerError> {
+    let mut out = Vec::new();
+    for url in urls {
+        let addr: SocketAddr = parse_url(flag, url)?;
+        let listener =
+            TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { url: url.clone(), source })?;
+        out.push((url.clone(), listener));
+    }
+    Ok(out)
+}
+
+/// Runs a member until `shutdown` completes, then stops it cleanly: servers
+/// first, then Raft, then a durable commit of the state machine.
+pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    config.validate()?;
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|source| ServerError::DataDir { path: data_dir.display().to_string(), source })?;
+    let peer_listeners = bind(&config.listen_peer_urls, "--listen-peer-urls").await?;
+    let client_listeners = bind(&config.listen_client_urls, "--listen-client-urls").await?;
+
+    let log = LogStore::open(&data_dir.join("raft-log.redb")).map_err(|e| ServerError::Storage(e.to_string()))?;
+    let mvcc = Arc::new(MvccStore::open(&data_dir.join("mvcc.redb")).map_err(|e| ServerError::Storage(e.to_string()))?);
+    let state_machine = StateMachine::new(mvcc.clone(), &data_dir.join("snap"))
+        .map_err(|source| ServerError::DataDir { path: data_dir.display().to_string(), source })?;
+    let raft = Raft::new(config.member_id(), Arc::new(raft_config(&config)?), Network, log, state_machine)
+        .await
+        .map_err(|e| ServerError::Raft(e.to_string()))?;
+    let node = Arc::new(StoreNode::new(raft, mvcc.clone(), config.clone()));
+    tracing::info!(
+        name = %config.name, member_id = format_args!("{:x}", node.member_id),
+        cluster_id = format_args!("{:x}", node.cluster_id), city = %config.city, dc = %config.dc,
+        revision = mvcc.revision(), "member starting"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    for (url, listener) in peer_listeners {
+        let service = PeerServer::new(PeerService { node: node.clone() })
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+        let signal = stopped(stop_rx.clone());
+        servers.spawn(async move {
+            tracing::info!(%url, "serving peers");
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+                .await
+                .map_err(|source| ServerError::Serve { what: "peers", source })
+        });
+    }
+    let decode_max = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    for (url, listener) in client_listeners {
+        let kv = KvServer::new(KvService { node: node.clone() }).max_decoding_message_size(decode_max);
+        let maintenance =
+            MaintenanceServer::new(MaintenanceService { node: node.clone() }).max_decoding_message_size(decode_max);
+        let cluster = ClusterServer::new(ClusterService { node: node.clone() }).max_decoding_message_size(decode_max);
+        let signal = stopped(stop_rx.clone());
+        servers.spawn(async move {
+            tracing::info!(%url, "serving clients");
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(kv)
+                .add_service(maintenance)
+                .add_service(cluster)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+                .await
+                .map_err(|source| ServerError::Serve { what: "clients", source })
+        });
+    }
+
+    if config.initial_cluster_state == ClusterState::New {
+        node.bootstrap().await.map_err(|e| ServerError::Raft(e.message().to_string()))?;
+    }
+    let publisher = tokio::spawn(node.clone().publish_attributes());
+
+    let outcome = tokio::select! {
+        () = shutdown => Ok(()),
+        Some(result) = servers.join_next() => match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(ServerError::Raft(format!("server task failed: {e}"))),
+        },
+    };
+    tracing::info!("member stopping");
+    publisher.abort();
+    let _ = stop_tx.send(true);
+    while servers.join_next().await.is_some() {}
+    if let Err(e) = node.raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    mvcc.persist().map_err(|e| ServerError::Storage(e.to_string()))?;
+    tracing::info!("member stopped");
+    outcome
+}

@@ -1,0 +1,209 @@
+//! The Raft state machine: committed entries applied to the MVCC store, and
+//! snapshots of it.
+//!
+//! The MVCC database commits lazily (a durable commit at most every
+//! `PERSIST_INTERVAL`); on restart openraft re-applies the log from the applied
+//! id the database last made durable. A snapshot is made durable before it is
+//! handed out, so the log behind it can be purged.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_proto::fivefoldpb::{command_response, CommandResponse, Empty};
+use mvcc::MvccStore;
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
+use serde::de::DeserializeOwned;
+
+use crate::types::{
+    Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+
+/// Longest time applied state may stay only in memory. Bounds how much log a
+/// restart re-applies; durability itself comes from the log.
+pub const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+
+const META_APPLIED: &str = "ext/raft_applied";
+const META_MEMBERSHIP: &str = "ext/raft_membership";
+const SNAPSHOT_META_FILE: &str = "snapshot.meta";
+const SNAPSHOT_DATA_FILE: &str = "snapshot.data";
+
+fn sm_error(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    StorageError::from_io_error(ErrorSubject::StateMachine, verb, std::io::Error::other(e.to_string()))
+}
+
+fn snap_error(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    StorageError::from_io_error(ErrorSubject::Snapshot(None), verb, std::io::Error::other(e.to_string()))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
+    bincode::deserialize(bytes).map_err(|e| sm_error(ErrorVerb::Read, e))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
+    bincode::serialize(value).map_err(|e| sm_error(ErrorVerb::Write, e))
+}
+
+pub struct StateMachine {
+    mvcc: Arc<MvccStore>,
+    snapshot_dir: PathBuf,
+    last_durable: Instant,
+}
+
+impl StateMachine {
+    pub fn new(mvcc: Arc<MvccStore>, snapshot_dir: &Path) -> Result<StateMachine, std::io::Error> {
+        std::fs::create_dir_all(snapshot_dir)?;
+        Ok(StateMachine { mvcc, snapshot_dir: snapshot_dir.to_path_buf(), last_durable: Instant::now() })
+    }
+}
+
+fn empty_response(revision: i64) -> Response {
+    Response(CommandResponse { kind: Some(command_response::Kind::Empty(Empty {})), revision })
+}
+
+/// Writes the snapshot files: data first, then meta, each by rename, so a crash
+/// leaves either the old pair or the new one readable.
+fn save_snapshot(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+    let write = |name: &str, bytes: &[u8]| -> std::io::Result<()> {
+        let tmp = dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, dir.join(name))
+    };
+    let meta_bytes = bincode::serialize(meta).map_err(|e| snap_error(ErrorVerb::Write, e))?;
+    write(SNAPSHOT_DATA_FILE, data).map_err(|e| snap_error(ErrorVerb::Write, e))?;
+    write(SNAPSHOT_META_FILE, &meta_bytes).map_err(|e| snap_error(ErrorVerb::Write, e))?;
+    Ok(())
+}
+
+fn load_snapshot(dir: &Path) -> Result<Option<Snapshot>, StorageError> {
+    let meta_path = dir.join(SNAPSHOT_META_FILE);
+    if !meta_path.exists() {
+        return Ok(None);
+    }
+    let meta_bytes = std::fs::read(&meta_path).map_err(|e| snap_error(ErrorVerb::Read, e))?;
+    let meta: SnapshotMeta = bincode::deserialize(&meta_bytes).map_err(|e| snap_error(ErrorVerb::Read, e))?;
+    let data = std::fs::read(dir.join(SNAPSHOT_DATA_FILE)).map_err(|e| snap_error(ErrorVerb::Read, e))?;
+    Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+}
+
+/// Builds snapshots while the state machine goes on applying.
+pub struct SnapshotBuilder {
+    mvcc: Arc<MvccStore>,
+    snapshot_dir: PathBuf,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        tokio::task::block_in_place(|| {
+            let mut data = Vec::new();
+            let (summary, external) =
+                self.mvcc.write_snapshot(&mut data).map_err(|e| snap_error(ErrorVerb::Write, e))?;
+            let find = |key: &str| external.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_slice());
+            let last_log_id: Option<LogId> = find(META_APPLIED).map(decode).transpose()?.flatten();
+            let last_membership: StoredMembership = find(META_MEMBERSHIP).map(decode).transpose()?.unwrap_or_default();
+            let snapshot_id = match last_log_id {
+                Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, summary.rows),
+                None => format!("empty-{}", summary.rows),
+            };
+            let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
+            save_snapshot(&self.snapshot_dir, &meta, &data)?;
+            tracing::info!(last_log_id = ?meta.last_log_id, rows = summary.rows, bytes = summary.bytes, "built snapshot");
+            Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let read = |key: &str| self.mvcc.get_meta(key).map_err(|e| sm_error(ErrorVerb::Read, e));
+        let applied: Option<LogId> = read(META_APPLIED)?.map(|b| decode(&b)).transpose()?.flatten();
+        let membership: StoredMembership = read(META_MEMBERSHIP)?.map(|b| decode(&b)).transpose()?.unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let durable = self.last_durable.elapsed() >= PERSIST_INTERVAL;
+        let responses = tokio::task::block_in_place(|| {
+            let mut batch = self.mvcc.begin_apply().map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            let mut responses = Vec::new();
+            let mut last: Option<LogId> = None;
+            let mut membership: Option<StoredMembership> = None;
+            for entry in entries {
+                if let Some(prev) = last {
+                    assert!(entry.log_id.index == prev.index + 1, "entries are applied in order, without gaps");
+                }
+                last = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => responses.push(empty_response(batch.revision())),
+                    EntryPayload::Normal(request) => {
+                        let response = batch.apply(&request.0).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+                        responses.push(Response(response));
+                    }
+                    EntryPayload::Membership(m) => {
+                        membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                        responses.push(empty_response(batch.revision()));
+                    }
+                }
+            }
+            let put = |batch: &mut mvcc::ApplyBatch<'_>, key: &str, bytes: Vec<u8>| {
+                batch.put_meta(key, &bytes).map_err(|e| sm_error(ErrorVerb::Write, e))
+            };
+            if last.is_some() {
+                put(&mut batch, META_APPLIED, encode(&last)?)?;
+            }
+            if let Some(m) = &membership {
+                put(&mut batch, META_MEMBERSHIP, encode(m)?)?;
+            }
+            batch.commit(durable).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            Ok::<_, StorageError>(responses)
+        })?;
+        if durable {
+            self.last_durable = Instant::now();
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder { mvcc: self.mvcc.clone(), snapshot_dir: self.snapshot_dir.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        tokio::task::block_in_place(|| {
+            let summary = self.mvcc.install_snapshot(data.as_slice()).map_err(|e| snap_error(ErrorVerb::Write, e))?;
+            // The snapshot carries the applied id and membership it was built at;
+            // set them from the meta openraft trusts, durably.
+            let mut batch = self.mvcc.begin_apply().map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            batch.put_meta(META_APPLIED, &encode(&meta.last_log_id)?).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            batch
+                .put_meta(META_MEMBERSHIP, &encode(&meta.last_membership)?)
+                .map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            batch.commit(true).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            save_snapshot(&self.snapshot_dir, meta, &data)?;
+            tracing::info!(last_log_id = ?meta.last_log_id, rows = summary.rows, "installed snapshot");
+            Ok(())
+        })
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        tokio::task::block_in_place(|| load_snapshot(&self.snapshot_dir))
+    }
+}
+

@@ -1,0 +1,92 @@
+//! The Raft type configuration: what a log entry carries, what applying one
+//! returns, and what a member is.
+
+use std::fmt;
+use std::io::Cursor;
+
+use etcd_proto::fivefoldpb::{Command, CommandResponse};
+use prost::Message;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A member's Raft id: the etcd member id (`topology::member_id`).
+pub type NodeId = u64;
+
+/// What the membership records about a member: only what every member
+/// derives identically from `--initial-cluster` (initial members must agree on
+/// the first membership byte for byte). Client URLs and placement labels are
+/// published through the log once the member runs (`MemberAttributes`), as
+/// etcd publishes its member attributes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.name)
+    }
+}
+
+/// A log entry's payload: an etcd write, encoded with protobuf.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request(pub Command);
+
+/// The result of applying one entry.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Response(pub CommandResponse);
+
+macro_rules! serde_as_protobuf {
+    ($wrapper:ident, $message:ty) => {
+        impl Serialize for $wrapper {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(&self.0.encode_to_vec())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $wrapper {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let bytes: Vec<u8> = serde::de::Deserialize::deserialize(d)?;
+                <$message>::decode(bytes.as_slice()).map($wrapper).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+serde_as_protobuf!(Request, Command);
+serde_as_protobuf!(Response, CommandResponse);
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use etcd_proto::fivefoldpb::command::Kind;
+        let kind = match &self.0.kind {
+            Some(Kind::Put(_)) => "put",
+            Some(Kind::DeleteRange(_)) => "delete_range",
+            Some(Kind::Txn(_)) => "txn",
+            Some(Kind::Compaction(_)) => "compaction",
+            Some(Kind::MemberAttributes(_)) => "member_attributes",
+            None => "empty",
+        };
+        f.write_str(kind)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// fivefold's Raft types.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
+pub type Snapshot = openraft::Snapshot<TypeConfig>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
