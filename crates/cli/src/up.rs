@@ -145,22 +145,25 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         stop_all(&mut members).await;
         return Err(e);
     }
-    let endpoints: Vec<&str> = members.iter().map(|m| m.client_url.as_str()).collect();
+    // Host:port, not URLs: etcdctl 3.4 puts a full URL into HTTP/2's :authority
+    // for some commands (endpoint status), which a strict HTTP/2 server rejects.
+    let endpoints: Vec<&str> = members.iter().map(|m| m.client_url.trim_start_matches("http://")).collect();
     println!(
         "fivefold is up: 5 members in 3 cities, ready in {:.1} s ({})",
         started.elapsed().as_secs_f64(),
         if resumed { "resumed from the data dir" } else { "new cluster" }
     );
     println!();
-    println!("  {:<6} {:<10} {:<24} {}", "member", "city", "client URL", "peer URL");
+    println!("  {:<6} {:<10} {:<24} peer URL", "member", "city", "client URL");
     for m in &members {
         println!("  {:<6} {:<10} {:<24} {}", m.name, m.city, m.client_url, m.peer_url);
     }
     println!();
     println!("Data and logs: {}/", args.data_dir.display());
     println!("Try it:");
-    println!("  ETCDCTL_API=3 etcdctl --endpoints={} put greeting hello", endpoints.join(","));
-    println!("  ETCDCTL_API=3 etcdctl --endpoints={} endpoint status -w table", endpoints.join(","));
+    println!("  export ETCDCTL_API=3 ETCDCTL_ENDPOINTS={}", endpoints.join(","));
+    println!("  etcdctl put greeting hello && etcdctl get greeting");
+    println!("  etcdctl endpoint status -w table && etcdctl member list -w table");
     println!("Ctrl-C stops every member.");
 
     let exited = async {

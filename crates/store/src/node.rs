@@ -275,9 +275,15 @@ impl StoreNode {
         }
     }
 
-    /// Starts a new cluster on a pristine member (the same membership on every
-    /// initial member, so it is safe to do on all of them).
+    /// Starts a new cluster. Only the first member of `--initial-cluster` does
+    /// it, and only when pristine; the others learn the membership from it.
+    /// (Doing it on every member would be safe — the membership is identical —
+    /// but the losers of that race log errors.)
     pub async fn bootstrap(&self) -> Result<(), Status> {
+        let first = self.config.initial_cluster.first().map(|(name, _)| name.as_str());
+        if first != Some(self.config.name.as_str()) {
+            return Ok(());
+        }
         let initialized = self.raft.is_initialized().await.map_err(|e| Status::internal(e.to_string()))?;
         if initialized {
             return Ok(());
