@@ -65,7 +65,9 @@ async fn writer(shared: Arc<Shared>, id: usize) {
         if shared.stop.load(Ordering::SeqCst) {
             return;
         }
-        let Some(member) = (0..members).map(|step| (next_member + step) % members).find(|m| shared.up[*m].load(Ordering::SeqCst))
+        let Some(member) = (0..members)
+            .map(|step| (next_member + step) % members)
+            .find(|m| shared.up[*m].load(Ordering::SeqCst))
         else {
             tokio::time::sleep(RETRY_PAUSE).await;
             continue;
@@ -101,50 +103,68 @@ async fn wait_for_acks(shared: &Shared, target: usize, phase: &str) {
 /// Key -> (create revision, mod revision, version, value) as one member holds it.
 type Snapshot = BTreeMap<String, (i64, i64, i64, String)>;
 
-/// Waits until member `index` has applied up to `revision`, then reads its data
-/// locally (serializable).
-async fn local_snapshot(cluster: &Cluster, index: usize, revision: i64) -> Snapshot {
-    let client = cluster.client(index).await;
-    let response = poll_until(Duration::from_secs(30), &format!("member {index} reaches revision {revision}"), || {
-        let mut client = client.clone();
+/// Reads every member's data locally (serializable) once all members have applied
+/// exactly the leader's current revision. A put whose client gave up may still be
+/// committed late, so this waits for the revision to settle rather than trusting
+/// one reading of it. Returns the revision and one snapshot per member.
+async fn converged_snapshots(cluster: &Cluster) -> (i64, Vec<Snapshot>) {
+    let leader = cluster.leader().await.expect("a leader after the faults");
+    let leader_client = cluster.client(leader).await;
+    let mut clients = Vec::new();
+    for index in 0..cluster.len() {
+        clients.push(cluster.client(index).await);
+    }
+    let clients = &clients;
+    poll_until(Duration::from_secs(30), "every member applies the leader's revision", || {
+        let mut leader_client = leader_client.clone();
         async move {
-            let response = local_prefix(&mut client, PREFIX).await.map_err(|e| e.to_string())?;
-            if header_revision(&response) >= revision {
-                Ok(response)
+            let last = current_revision(&mut leader_client).await;
+            let mut snapshots = Vec::new();
+            let mut revisions = Vec::new();
+            for client in clients {
+                let response = local_prefix(&mut client.clone(), PREFIX).await.map_err(|e| e.to_string())?;
+                revisions.push(header_revision(&response));
+                snapshots.push(
+                    response
+                        .kvs()
+                        .iter()
+                        .map(|kv| {
+                            let fields =
+                                (kv.create_revision(), kv.mod_revision(), kv.version(), text(kv.value()));
+                            (text(kv.key()), fields)
+                        })
+                        .collect::<Snapshot>(),
+                );
+            }
+            if revisions.iter().all(|revision| *revision == last) {
+                Ok((last, snapshots))
             } else {
-                Err(format!("at revision {}", header_revision(&response)))
+                Err(format!("leader at {last}, members at {revisions:?}"))
             }
         }
     })
-    .await;
-    assert_eq!(header_revision(&response), revision, "member {index} is past the final revision: a write after the writers stopped");
-    response
-        .kvs()
-        .iter()
-        .map(|kv| (text(kv.key()), (kv.create_revision(), kv.mod_revision(), kv.version(), text(kv.value()))))
-        .collect()
+    .await
 }
 
 /// Checks every member against the recorded history.
 async fn audit(cluster: &Cluster, shared: &Shared) {
-    let leader = cluster.leader().await.expect("a leader after the faults");
-    let mut leader_client = cluster.client(leader).await;
-    let last = current_revision(&mut leader_client).await;
+    let (last, snapshots) = converged_snapshots(cluster).await;
     let acked = shared.acked.lock().unwrap().clone();
     let attempted = shared.attempted.lock().unwrap().clone();
     assert!(acked.len() >= 3 * ACKS_PER_PHASE, "only {} acknowledged writes", acked.len());
 
-    let mut snapshots = Vec::new();
-    for index in 0..cluster.len() {
-        let snapshot = local_snapshot(cluster, index, last).await;
+    for (index, snapshot) in snapshots.iter().enumerate() {
         for (key, revision) in &acked {
             let Some((_, mod_revision, _, value)) = snapshot.get(key) else {
                 panic!("member {index} lost acknowledged write {key} (acknowledged at revision {revision})");
             };
             assert_eq!(value, &value_of(key), "member {index}: value of {key}");
-            assert_eq!(mod_revision, revision, "member {index}: {key} is at another revision than acknowledged");
+            assert_eq!(
+                mod_revision, revision,
+                "member {index}: {key} is at another revision than acknowledged"
+            );
         }
-        for (key, (create, modified, version, _)) in &snapshot {
+        for (key, (create, modified, version, _)) in snapshot {
             assert!(attempted.contains(key), "member {index} holds {key}, which no writer sent");
             assert_eq!((version, create), (&1, modified), "member {index}: {key} was written more than once");
         }
@@ -153,14 +173,14 @@ async fn audit(cluster: &Cluster, shared: &Shared) {
         let expected: Vec<i64> = (2..=last).collect();
         if revisions != expected {
             let present: BTreeSet<i64> = revisions.iter().copied().collect();
-            let missing: Vec<i64> = expected.iter().filter(|r| !present.contains(r)).take(10).copied().collect();
+            let missing: Vec<i64> =
+                expected.iter().filter(|r| !present.contains(r)).take(10).copied().collect();
             let duplicated = revisions.len() - present.len();
             panic!(
                 "member {index}: revisions are not exactly 2..={last}: {} keys, {duplicated} duplicated revisions, first missing {missing:?}",
                 revisions.len()
             );
         }
-        snapshots.push(snapshot);
     }
     for index in 1..snapshots.len() {
         if snapshots[index] != snapshots[0] {
@@ -179,7 +199,10 @@ async fn assert_writable_everywhere(cluster: &Cluster) {
     for index in 0..cluster.len() {
         let mut client = cluster.client(index).await;
         let key = format!("after/{index}");
-        client.put(key.clone(), "after", None).await.unwrap_or_else(|e| panic!("put through member {index} after the faults: {e}"));
+        client
+            .put(key.clone(), "after", None)
+            .await
+            .unwrap_or_else(|e| panic!("put through member {index} after the faults: {e}"));
         let read = client.get(key.clone(), None).await.unwrap();
         assert_eq!(read.kvs().len(), 1, "member {index} reads its own write");
     }

@@ -38,13 +38,36 @@ pub fn peer_client(url: &str) -> Result<PeerClient<Channel>, tonic::transport::E
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX))
 }
 
+/// Peer channels by URL, shared by everything that talks to peers: openraft
+/// asks for a new client per heartbeat round of a linearizable read, and a
+/// channel per call would mean a TCP and HTTP/2 handshake per read.
 #[derive(Debug, Clone, Default)]
-pub struct Network;
+pub struct PeerChannels {
+    clients: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, PeerClient<Channel>>>>,
+}
+
+impl PeerChannels {
+    pub fn get(&self, url: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
+        let mut clients = self.clients.lock().expect("peer channel map lock");
+        if let Some(client) = clients.get(url) {
+            return Ok(client.clone());
+        }
+        let client = peer_client(url)?;
+        clients.insert(url.to_string(), client.clone());
+        Ok(client)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Network {
+    pub channels: PeerChannels,
+}
 
 pub struct PeerConnection {
     target: NodeId,
     url: String,
     client: Option<PeerClient<Channel>>,
+    channels: PeerChannels,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -52,7 +75,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConnection {
         let url = node.peer_urls.first().cloned().unwrap_or_default();
-        PeerConnection { target, url, client: None }
+        PeerConnection { target, url, client: None, channels: self.channels.clone() }
     }
 }
 
@@ -63,7 +86,8 @@ struct TransportError(String);
 impl PeerConnection {
     fn client(&mut self) -> Result<PeerClient<Channel>, TransportError> {
         if self.client.is_none() {
-            let client = peer_client(&self.url).map_err(|e| TransportError(format!("peer {}: {e}", self.url)))?;
+            let client =
+                self.channels.get(&self.url).map_err(|e| TransportError(format!("peer {}: {e}", self.url)))?;
             self.client = Some(client);
         }
         Ok(self.client.clone().expect("set above"))

@@ -3,8 +3,8 @@
 //! follower) and `read_barrier` for linearizable reads (ReadIndex, asked of the
 //! leader from a follower).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_proto::etcdserverpb::ResponseHeader;
@@ -20,6 +20,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::config::StoreConfig;
+use crate::network::PeerChannels;
 use crate::types::{Member, NodeId, Raft, Request};
 
 /// etcd's message when no leader is known.
@@ -35,7 +36,7 @@ pub struct StoreNode {
     pub member_id: NodeId,
     pub cluster_id: u64,
     pub config: StoreConfig,
-    peers: Mutex<HashMap<String, PeerClient<Channel>>>,
+    peers: PeerChannels,
 }
 
 /// Turns a client error from the MVCC layer into etcd's gRPC status.
@@ -54,14 +55,14 @@ pub fn kv_status(e: mvcc::KvError) -> Status {
 }
 
 impl StoreNode {
-    pub fn new(raft: Raft, mvcc: Arc<MvccStore>, config: StoreConfig) -> StoreNode {
+    pub fn new(raft: Raft, mvcc: Arc<MvccStore>, config: StoreConfig, peers: PeerChannels) -> StoreNode {
         StoreNode {
             member_id: config.member_id(),
             cluster_id: config.cluster_id(),
             raft,
             mvcc,
             config,
-            peers: Mutex::new(HashMap::new()),
+            peers,
         }
     }
 
@@ -76,14 +77,7 @@ impl StoreNode {
     }
 
     fn peer(&self, url: &str) -> Result<PeerClient<Channel>, Status> {
-        let mut peers = self.peers.lock().expect("peer map lock");
-        if let Some(client) = peers.get(url) {
-            return Ok(client.clone());
-        }
-        let client =
-            crate::network::peer_client(url).map_err(|e| Status::unavailable(format!("peer {url}: {e}")))?;
-        peers.insert(url.to_string(), client.clone());
-        Ok(client)
+        self.peers.get(url).map_err(|e| Status::unavailable(format!("peer {url}: {e}")))
     }
 
     /// The current leader and its membership record, waiting until `deadline`

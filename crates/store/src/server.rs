@@ -13,7 +13,7 @@ use mvcc::MvccStore;
 use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::cluster_service::ClusterService;
 use crate::config::{parse_url, ClusterState, StoreConfig, GRPC_OVERHEAD_BYTES};
@@ -74,6 +74,12 @@ async fn bind(urls: &[String], flag: &'static str) -> Result<Vec<(String, TcpLis
     Ok(out)
 }
 
+/// Accepted connections, with Nagle's algorithm off: small gRPC messages
+/// (heartbeats, read-index rounds) must not wait for delayed ACKs.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 /// Runs a member until `shutdown` completes, then stops it cleanly: servers
 /// first, then Raft, then a durable commit of the state machine.
 pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
@@ -88,10 +94,12 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
     let mvcc = Arc::new(MvccStore::open(&data_dir.join("mvcc.redb")).map_err(|e| ServerError::Storage(e.to_string()))?);
     let state_machine = StateMachine::new(mvcc.clone(), &data_dir.join("snap"))
         .map_err(|source| ServerError::DataDir { path: data_dir.display().to_string(), source })?;
-    let raft = Raft::new(config.member_id(), Arc::new(raft_config(&config)?), Network, log, state_machine)
+    let network = Network::default();
+    let channels = network.channels.clone();
+    let raft = Raft::new(config.member_id(), Arc::new(raft_config(&config)?), network, log, state_machine)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
-    let node = Arc::new(StoreNode::new(raft, mvcc.clone(), config.clone()));
+    let node = Arc::new(StoreNode::new(raft, mvcc.clone(), config.clone(), channels));
     tracing::info!(
         name = %config.name, member_id = format_args!("{:x}", node.member_id),
         cluster_id = format_args!("{:x}", node.cluster_id), city = %config.city, dc = %config.dc,
@@ -111,9 +119,8 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
         servers.spawn(async move {
             tracing::info!(%url, "serving peers");
             tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+                .serve_with_incoming_shutdown(incoming(listener), signal)
                 .await
                 .map_err(|source| ServerError::Serve { what: "peers", source })
         });
@@ -128,11 +135,10 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
         servers.spawn(async move {
             tracing::info!(%url, "serving clients");
             tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(kv)
                 .add_service(maintenance)
                 .add_service(cluster)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+                .serve_with_incoming_shutdown(incoming(listener), signal)
                 .await
                 .map_err(|source| ServerError::Serve { what: "clients", source })
         });

@@ -1,0 +1,98 @@
+//! A follower that was down while the leader compacted its Raft log past the
+//! follower's position catches up through a snapshot, then follows the log again.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{bounded, current_revision, header_revision, local_prefix, pairs, poll_until, start};
+use etcd_client::GetOptions;
+use testkit::ClusterOptions;
+
+const TEST_LIMIT: Duration = Duration::from_secs(180);
+const KEYS: usize = 500;
+const WRITERS: usize = 4;
+const PREFIX: &str = "snap/";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_follower_catches_up_by_snapshot() {
+    bounded(TEST_LIMIT, async {
+        let options =
+            ClusterOptions::default().arg("--snapshot-count", 50).arg("--snapshot-catchup-entries", 5);
+        let mut cluster = start(options).await;
+        let leader = cluster.leader().await.unwrap();
+        let lagging = (leader + 1) % cluster.len();
+        cluster.kill(lagging).unwrap();
+
+        // 500 keys through the leader: ten snapshots' worth of entries, while the
+        // log keeps only 5 entries behind each snapshot.
+        let mut tasks = Vec::new();
+        for writer in 0..WRITERS {
+            let mut client = cluster.client(leader).await;
+            tasks.push(tokio::spawn(async move {
+                for key in (writer..KEYS).step_by(WRITERS) {
+                    let key = format!("{PREFIX}{key:04}");
+                    client.put(key.clone(), format!("value {key}"), None).await.unwrap_or_else(|e| panic!("put {key}: {e}"));
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("writer");
+        }
+        let mut leader_client = cluster.client(leader).await;
+        let last = current_revision(&mut leader_client).await;
+        assert_eq!(last, 1 + KEYS as i64, "one revision per put");
+
+        let log_before_restart = cluster.log(lagging).len();
+        cluster.restart(lagging).await.unwrap_or_else(|e| panic!("restart: {e:#}"));
+        let follower = cluster.client(lagging).await;
+        let caught_up = poll_until(Duration::from_secs(60), "restarted follower has every key", || {
+            let mut follower = follower.clone();
+            async move {
+                let response = local_prefix(&mut follower, PREFIX).await.map_err(|e| e.to_string())?;
+                if response.kvs().len() == KEYS && header_revision(&response) == last {
+                    Ok(response)
+                } else {
+                    Err(format!("{} keys at revision {}", response.kvs().len(), header_revision(&response)))
+                }
+            }
+        })
+        .await;
+        let on_leader = leader_client.get(PREFIX, Some(GetOptions::new().with_prefix())).await.unwrap();
+        assert_eq!(pairs(&caught_up), pairs(&on_leader), "the follower's data equals the leader's");
+        let revisions = |response: &etcd_client::GetResponse| -> Vec<(i64, i64, i64)> {
+            response.kvs().iter().map(common::revisions).collect()
+        };
+        assert_eq!(revisions(&caught_up), revisions(&on_leader), "and so do its revisions");
+
+        let log = cluster.log(lagging);
+        let since_restart = &log[log_before_restart.min(log.len())..];
+        assert!(
+            since_restart.contains("installed snapshot"),
+            "the restarted follower did not log `installed snapshot`; its log since the restart:\n{since_restart}"
+        );
+
+        // After the snapshot the follower takes part in ordinary replication again.
+        let mut follower = follower.clone();
+        for index in 0..20 {
+            let key = format!("after/{index:02}");
+            let put = follower.put(key.clone(), "after", None).await.unwrap();
+            assert_eq!(put.header().unwrap().revision(), last + 1 + index, "{key}");
+        }
+        let local = poll_until(Duration::from_secs(10), "follower applies new writes", || {
+            let mut follower = follower.clone();
+            async move {
+                let options = GetOptions::new().with_prefix().with_serializable();
+                let response = follower.get("after/", Some(options)).await.map_err(|e| e.to_string())?;
+                if response.kvs().len() == 20 {
+                    Ok(response)
+                } else {
+                    Err(format!("{} of 20 keys", response.kvs().len()))
+                }
+            }
+        })
+        .await;
+        assert_eq!(header_revision(&local), last + 20);
+    })
+    .await;
+}
