@@ -7,7 +7,11 @@ mod up;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "fivefold", version, about = "A financial-grade platform: an etcd-compatible store replicated over five data centers in three cities")]
+#[command(
+    name = "fivefold",
+    version,
+    about = "A financial-grade platform: an etcd-compatible store replicated over five data centers in three cities"
+)]
 struct Cli {
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `debug,openraft=info`.
     #[arg(long, global = true, env = "FIVEFOLD_LOG", default_value = "info,openraft=warn")]

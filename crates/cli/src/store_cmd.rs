@@ -74,17 +74,28 @@ pub struct StoreArgs {
 
 impl StoreArgs {
     pub fn to_config(&self) -> anyhow::Result<StoreConfig> {
-        let data_dir = self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.fivefold", self.name)));
+        let data_dir =
+            self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.fivefold", self.name)));
         let mut config = StoreConfig::new(&self.name, data_dir);
         config.listen_client_urls = urls(&self.listen_client_urls);
-        config.advertise_client_urls =
-            self.advertise_client_urls.as_deref().map(urls).unwrap_or_else(|| config.listen_client_urls.clone());
+        config.advertise_client_urls = self
+            .advertise_client_urls
+            .as_deref()
+            .map(urls)
+            .unwrap_or_else(|| config.listen_client_urls.clone());
         config.listen_peer_urls = urls(&self.listen_peer_urls);
-        config.initial_advertise_peer_urls =
-            self.initial_advertise_peer_urls.as_deref().map(urls).unwrap_or_else(|| config.listen_peer_urls.clone());
+        config.initial_advertise_peer_urls = self
+            .initial_advertise_peer_urls
+            .as_deref()
+            .map(urls)
+            .unwrap_or_else(|| config.listen_peer_urls.clone());
         let cluster = match &self.initial_cluster {
             Some(value) => value.clone(),
-            None => format!("{}={}", self.name, config.initial_advertise_peer_urls.join(&format!(",{}=", self.name))),
+            None => format!(
+                "{}={}",
+                self.name,
+                config.initial_advertise_peer_urls.join(&format!(",{}=", self.name))
+            ),
         };
         config.initial_cluster = store::config::parse_initial_cluster(&cluster)?;
         config.initial_cluster_state = match self.initial_cluster_state {

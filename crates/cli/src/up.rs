@@ -125,7 +125,8 @@ async fn stop_all(members: &mut [Member]) {
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let exe = std::env::current_exe().context("finding the fivefold binary")?;
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let resumed = args.data_dir.join(topology::DEFAULT_MEMBERS[0].name).exists();
     let urls: Vec<(String, String)> = (0..topology::DEFAULT_MEMBERS.len() as u16)
         .map(|i| {
@@ -133,8 +134,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             (format!("http://127.0.0.1:{client}"), format!("http://127.0.0.1:{}", client + 1))
         })
         .collect();
-    let cluster: Vec<String> =
-        topology::DEFAULT_MEMBERS.iter().zip(&urls).map(|(m, (_, peer))| format!("{}={peer}", m.name)).collect();
+    let cluster: Vec<String> = topology::DEFAULT_MEMBERS
+        .iter()
+        .zip(&urls)
+        .map(|(m, (_, peer))| format!("{}={peer}", m.name))
+        .collect();
     let cluster = cluster.join(",");
     let mut members = Vec::new();
     for (spec, (client_url, peer_url)) in topology::DEFAULT_MEMBERS.iter().zip(urls) {

@@ -152,6 +152,12 @@ async fn audit(cluster: &Cluster, shared: &Shared) {
     let acked = shared.acked.lock().unwrap().clone();
     let attempted = shared.attempted.lock().unwrap().clone();
     assert!(acked.len() >= 3 * ACKS_PER_PHASE, "only {} acknowledged writes", acked.len());
+    eprintln!(
+        "audit: {} writes acknowledged of {} attempted; {} members hold revisions 2..={last}",
+        acked.len(),
+        attempted.len(),
+        snapshots.len()
+    );
 
     for (index, snapshot) in snapshots.iter().enumerate() {
         for (key, revision) in &acked {
@@ -177,7 +183,8 @@ async fn audit(cluster: &Cluster, shared: &Shared) {
                 expected.iter().filter(|r| !present.contains(r)).take(10).copied().collect();
             let duplicated = revisions.len() - present.len();
             panic!(
-                "member {index}: revisions are not exactly 2..={last}: {} keys, {duplicated} duplicated revisions, first missing {missing:?}",
+                "member {index}: revisions are not exactly 2..={last}: {} keys, \
+                 {duplicated} duplicated revisions, first missing {missing:?}",
                 revisions.len()
             );
         }
@@ -292,4 +299,54 @@ async fn leader_crash_loses_no_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_members_survive_leader_and_follower_crash() {
     bounded(TEST_LIMIT, crash_during_writes(ClusterOptions::members(5), the_leader_and_a_follower)).await;
+}
+
+/// Writes `count` keys `dur/clean/<phase>/NNN` through member `index`.
+async fn write_keys(cluster: &Cluster, index: usize, phase: &str, count: usize) {
+    let mut client = cluster.client(index).await;
+    for n in 0..count {
+        let key = format!("{PREFIX}clean/{phase}/{n:03}");
+        client
+            .put(key.clone(), value_of(&key), None)
+            .await
+            .unwrap_or_else(|e| panic!("put {key} via {index}: {e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_members_cleanly_and_restart_keeps_data() {
+    bounded(TEST_LIMIT, async {
+        let mut cluster = start(ClusterOptions::default()).await;
+        let leader = cluster.leader().await.unwrap();
+        let follower = (leader + 1) % cluster.len();
+        write_keys(&cluster, leader, "a", 50).await;
+
+        let status = cluster.stop(follower).await.unwrap();
+        assert!(status.success(), "follower exit after SIGTERM: {status}\n{}", cluster.log_tails(20));
+        write_keys(&cluster, leader, "b", 50).await;
+        cluster.restart(follower).await.unwrap();
+
+        let status = cluster.stop(leader).await.unwrap();
+        assert!(status.success(), "leader exit after SIGTERM: {status}\n{}", cluster.log_tails(20));
+        let new_leader = cluster.leader().await.expect("a new leader after the old one stopped");
+        assert_ne!(new_leader, leader);
+        write_keys(&cluster, follower, "c", 50).await;
+        cluster.restart(leader).await.unwrap();
+
+        let (last, snapshots) = converged_snapshots(&cluster).await;
+        assert_eq!(last, 151, "150 puts on an empty store");
+        for (index, snapshot) in snapshots.iter().enumerate() {
+            assert_eq!(snapshot.len(), 150, "member {index} holds every key");
+            let mut revisions: Vec<i64> = snapshot.values().map(|(_, modified, _, _)| *modified).collect();
+            revisions.sort_unstable();
+            assert_eq!(revisions, (2..=151).collect::<Vec<i64>>(), "member {index}: one key per revision");
+            assert!(
+                snapshot.iter().all(|(key, (_, _, _, value))| value == &value_of(key)),
+                "member {index} values"
+            );
+            assert_eq!(snapshot, &snapshots[0], "member {index} equals member 0");
+        }
+        assert_writable_everywhere(&cluster).await;
+    })
+    .await;
 }

@@ -32,7 +32,8 @@ async fn lagging_follower_catches_up_by_snapshot() {
             tasks.push(tokio::spawn(async move {
                 for key in (writer..KEYS).step_by(WRITERS) {
                     let key = format!("{PREFIX}{key:04}");
-                    client.put(key.clone(), format!("value {key}"), None).await.unwrap_or_else(|e| panic!("put {key}: {e}"));
+                    let put = client.put(key.clone(), format!("value {key}"), None).await;
+                    put.unwrap_or_else(|e| panic!("put {key}: {e}"));
                 }
             }));
         }
@@ -66,10 +67,11 @@ async fn lagging_follower_catches_up_by_snapshot() {
         assert_eq!(revisions(&caught_up), revisions(&on_leader), "and so do its revisions");
 
         let log = cluster.log(lagging);
-        let since_restart = &log[log_before_restart.min(log.len())..];
+        let since_restart = log.get(log_before_restart..).unwrap_or(&log);
         assert!(
             since_restart.contains("installed snapshot"),
-            "the restarted follower did not log `installed snapshot`; its log since the restart:\n{since_restart}"
+            "the restarted follower did not log `installed snapshot`; \
+             its log since the restart:\n{since_restart}"
         );
 
         // After the snapshot the follower takes part in ordinary replication again.

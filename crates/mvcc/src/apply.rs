@@ -159,7 +159,10 @@ impl<'s> ApplyBatch<'s> {
 
 /// Checks a Put against the state: `ignore_*` needs an existing key; a lease
 /// must exist (none does until leases are implemented).
-fn check_put_state(kv: &impl ReadableTable<&'static [u8], &'static [u8]>, req: &PutRequest) -> Result<(), KvError> {
+fn check_put_state(
+    kv: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    req: &PutRequest,
+) -> Result<(), KvError> {
     if (req.ignore_value || req.ignore_lease) && live_at(kv, &req.key, u64::MAX)?.is_none() {
         return Err(MvccError::KeyNotFound.into());
     }
@@ -188,7 +191,11 @@ fn put(kv: &mut KvTable<'_>, req: &PutRequest, rev: u64) -> Result<PutResponse, 
     Ok(PutResponse { header: None, prev_kv: if req.prev_kv { prev } else { None } })
 }
 
-fn delete_range(kv: &mut KvTable<'_>, req: &DeleteRangeRequest, rev: u64) -> Result<DeleteRangeResponse, KvError> {
+fn delete_range(
+    kv: &mut KvTable<'_>,
+    req: &DeleteRangeRequest,
+    rev: u64,
+) -> Result<DeleteRangeResponse, KvError> {
     let span = Span::new(&req.key, &req.range_end);
     let mut doomed = Vec::new();
     for_each_live(kv, &span, u64::MAX, |found| {

@@ -4,7 +4,9 @@
 
 use std::ops::Bound;
 
-use etcd_proto::etcdserverpb::{compare, range_request, Compare, RangeRequest, RangeResponse, ResponseHeader};
+use etcd_proto::etcdserverpb::{
+    compare, range_request, Compare, RangeRequest, RangeResponse, ResponseHeader,
+};
 use etcd_proto::mvccpb::KeyValue;
 use redb::ReadableTable;
 

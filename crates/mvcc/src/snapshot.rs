@@ -177,4 +177,3 @@ fn clear<K: redb::Key + 'static>(
     t.retain(|_, _| false)?;
     Ok(())
 }
-

@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use etcd_proto::etcdserverpb::{request_op, response_op, RangeRequest, RangeResponse, ResponseHeader, ResponseOp, TxnRequest, TxnResponse};
+use etcd_proto::etcdserverpb::{
+    request_op, response_op, RangeRequest, RangeResponse, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+};
 use etcd_proto::fivefoldpb::MemberAttributes;
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -182,7 +184,9 @@ fn read_only_txn(kv: &impl read::Rows, req: &TxnRequest, view: ReadView) -> Resu
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
         let response = match &op.request {
-            Some(request_op::Request::RequestRange(r)) => response_op::Response::ResponseRange(read::range(kv, r, view)?),
+            Some(request_op::Request::RequestRange(r)) => {
+                response_op::Response::ResponseRange(read::range(kv, r, view)?)
+            }
             Some(request_op::Request::RequestTxn(t)) => {
                 let mut resp = read_only_txn(kv, t, view)?;
                 resp.header = Some(ResponseHeader { revision: view.current, ..Default::default() });

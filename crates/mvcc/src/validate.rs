@@ -196,7 +196,10 @@ mod tests {
     #[test]
     fn duplicate_writes_are_refused() {
         assert_eq!(check_txn(&txn(vec![put("a"), put("a")], vec![]), 128), Err(MvccError::DuplicateKey));
-        assert_eq!(check_txn(&txn(vec![put("a1"), del("a", "b")], vec![]), 128), Err(MvccError::DuplicateKey));
+        assert_eq!(
+            check_txn(&txn(vec![put("a1"), del("a", "b")], vec![]), 128),
+            Err(MvccError::DuplicateKey)
+        );
         assert!(check_txn(&txn(vec![put("b"), del("a", "b")], vec![]), 128).is_ok());
         // The two branches are exclusive.
         assert!(check_txn(&txn(vec![put("a")], vec![put("a")]), 128).is_ok());

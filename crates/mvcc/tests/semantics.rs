@@ -1,8 +1,8 @@
 //! etcd semantics of the MVCC store, driven through its public API.
 
 use etcd_proto::etcdserverpb::{
-    compare, range_request, request_op, response_op, Compare, CompactionRequest, DeleteRangeRequest, PutRequest,
-    RangeRequest, RequestOp, TxnRequest,
+    compare, range_request, request_op, response_op, CompactionRequest, Compare, DeleteRangeRequest,
+    PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 use etcd_proto::fivefoldpb::{command, command_response, Command, CommandResponse};
 use mvcc::{MvccError, MvccStore};
@@ -21,7 +21,10 @@ fn apply(store: &MvccStore, kind: command::Kind) -> CommandResponse {
 }
 
 fn put(store: &MvccStore, key: &str, value: &str) -> CommandResponse {
-    apply(store, command::Kind::Put(PutRequest { key: key.into(), value: value.into(), ..Default::default() }))
+    apply(
+        store,
+        command::Kind::Put(PutRequest { key: key.into(), value: value.into(), ..Default::default() }),
+    )
 }
 
 fn get(store: &MvccStore, key: &str, rev: i64) -> Result<Option<String>, MvccError> {
@@ -47,7 +50,10 @@ fn revisions_start_at_one_and_move_by_one_per_write() {
     assert_eq!(put(&store, "a", "1").revision, 2);
     assert_eq!(put(&store, "a", "2").revision, 3);
     // A delete of nothing does not take a revision.
-    let resp = apply(&store, command::Kind::DeleteRange(DeleteRangeRequest { key: "zz".into(), ..Default::default() }));
+    let resp = apply(
+        &store,
+        command::Kind::DeleteRange(DeleteRangeRequest { key: "zz".into(), ..Default::default() }),
+    );
     assert_eq!(resp.revision, 3);
     let kv = store.range(&RangeRequest { key: "a".into(), ..Default::default() }).unwrap().kvs.remove(0);
     assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
@@ -66,12 +72,19 @@ fn history_reads_and_compaction() {
     assert_eq!(get(&store, "k", 0).unwrap().as_deref(), Some("v3"));
     assert_eq!(get(&store, "k", 6), Err(MvccError::FutureRevision));
 
-    let compact = |rev| apply(&store, command::Kind::Compaction(CompactionRequest { revision: rev, physical: false }));
-    assert_eq!(error_of(&compact(9)).as_deref(), Some("etcdserver: mvcc: required revision is a future revision"));
+    let compact =
+        |rev| apply(&store, command::Kind::Compaction(CompactionRequest { revision: rev, physical: false }));
+    assert_eq!(
+        error_of(&compact(9)).as_deref(),
+        Some("etcdserver: mvcc: required revision is a future revision")
+    );
     assert_eq!(error_of(&compact(3)), None);
     assert_eq!(get(&store, "k", 2), Err(MvccError::Compacted));
     assert_eq!(get(&store, "k", 3).unwrap().as_deref(), Some("v2"));
-    assert_eq!(error_of(&compact(3)).as_deref(), Some("etcdserver: mvcc: required revision has been compacted"));
+    assert_eq!(
+        error_of(&compact(3)).as_deref(),
+        Some("etcdserver: mvcc: required revision has been compacted")
+    );
     // Compacting past the tombstone keeps the newer version readable.
     assert_eq!(error_of(&compact(4)), None);
     assert_eq!(get(&store, "k", 4).unwrap(), None);
@@ -121,12 +134,26 @@ fn op_put(key: &str, value: &str) -> RequestOp {
 
 fn op_get(key: &str) -> RequestOp {
     RequestOp {
-        request: Some(request_op::Request::RequestRange(RangeRequest { key: key.into(), ..Default::default() })),
+        request: Some(request_op::Request::RequestRange(RangeRequest {
+            key: key.into(),
+            ..Default::default()
+        })),
     }
 }
 
-fn cmp(key: &str, target: compare::CompareTarget, result: compare::CompareResult, u: compare::TargetUnion) -> Compare {
-    Compare { key: key.into(), target: target as i32, result: result as i32, target_union: Some(u), range_end: vec![] }
+fn cmp(
+    key: &str,
+    target: compare::CompareTarget,
+    result: compare::CompareResult,
+    u: compare::TargetUnion,
+) -> Compare {
+    Compare {
+        key: key.into(),
+        target: target as i32,
+        result: result as i32,
+        target_union: Some(u),
+        range_end: vec![],
+    }
 }
 
 #[test]
@@ -151,12 +178,18 @@ fn txn_branches_see_their_own_writes_and_take_one_revision() {
     assert_eq!(r.kvs[0].value, b"a");
     assert_eq!(r.kvs[0].mod_revision, 3);
     // Same txn again: the compare still holds, y/z get a new version.
-    let resp = apply(&store, command::Kind::Txn(TxnRequest { compare: vec![cmp(
-        "missing",
-        compare::CompareTarget::Value,
-        compare::CompareResult::Equal,
-        compare::TargetUnion::Value(vec![]),
-    )], ..txn }));
+    let resp = apply(
+        &store,
+        command::Kind::Txn(TxnRequest {
+            compare: vec![cmp(
+                "missing",
+                compare::CompareTarget::Value,
+                compare::CompareResult::Equal,
+                compare::TargetUnion::Value(vec![]),
+            )],
+            ..txn
+        }),
+    );
     let Some(command_response::Kind::Txn(t)) = resp.kind else { panic!() };
     assert!(!t.succeeded, "a VALUE compare on a missing key is false");
     assert_eq!(resp.revision, 3, "a read-only failure branch takes no revision");
@@ -204,7 +237,11 @@ fn snapshots_round_trip_and_reject_corruption() {
     corrupt[middle] ^= 0x55;
     assert!(b.install_snapshot(corrupt.as_slice()).is_err());
     assert!(b.install_snapshot(&bytes[..bytes.len() - 3]).is_err());
-    assert_eq!(get(&b, "key049", 0).unwrap().as_deref(), Some("value49"), "a failed install leaves state alone");
+    assert_eq!(
+        get(&b, "key049", 0).unwrap().as_deref(),
+        Some("value49"),
+        "a failed install leaves state alone"
+    );
 }
 
 #[test]

@@ -15,7 +15,10 @@ pub struct ClusterService {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn member_list(&self, request: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
+    async fn member_list(
+        &self,
+        request: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
         if request.get_ref().linearizable {
             self.node.read_barrier().await?;
         }
@@ -41,6 +44,9 @@ impl Cluster for ClusterService {
                 }
             })
             .collect();
-        Ok(Response::new(MemberListResponse { header: Some(self.node.header(self.node.mvcc.revision())), members }))
+        Ok(Response::new(MemberListResponse {
+            header: Some(self.node.header(self.node.mvcc.revision())),
+            members,
+        }))
     }
 }

@@ -63,7 +63,11 @@ pub enum ConfigError {
 pub fn parse_url(flag: &'static str, url: &str) -> Result<SocketAddr, ConfigError> {
     let bad = |why: &str| ConfigError::BadUrl { flag, url: url.to_string(), why: why.to_string() };
     let rest = url.strip_prefix("http://").ok_or_else(|| {
-        bad(if url.starts_with("https://") { "TLS is not supported yet" } else { "the scheme must be http://" })
+        bad(if url.starts_with("https://") {
+            "TLS is not supported yet"
+        } else {
+            "the scheme must be http://"
+        })
     })?;
     let host_port = rest.trim_end_matches('/');
     host_port.parse::<SocketAddr>().map_err(|e| bad(&e.to_string()))
@@ -139,7 +143,9 @@ impl StoreConfig {
             )));
         }
         if self.max_request_bytes == 0 || self.max_txn_ops == 0 {
-            return Err(ConfigError::Invalid("--max-request-bytes and --max-txn-ops must be positive".into()));
+            return Err(ConfigError::Invalid(
+                "--max-request-bytes and --max-txn-ops must be positive".into(),
+            ));
         }
         if self.snapshot_count == 0 {
             return Err(ConfigError::Invalid("--snapshot-count must be positive".into()));

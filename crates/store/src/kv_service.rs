@@ -129,7 +129,10 @@ impl Kv for KvService {
         }
     }
 
-    async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
         let req = request.into_inner();
         let resp = self.write(command::Kind::Compaction(req)).await?;
         match resp.kind {

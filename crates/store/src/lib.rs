@@ -14,10 +14,12 @@
 //! Modules: `config` (flags, checked), `types` (Raft type config), `log_store`,
 //! `state_machine`, `network` (peer client), `peer_service`, `node` (request
 //! paths), `kv_service`, `maintenance_service`, `cluster_service`, `placement`
-//! (key → Raft group), `server` (assembly and lifecycle).
+//! (key → Raft group), `grpc_status` (status codes aligned with grpc-go),
+//! `server` (assembly and lifecycle).
 
 pub mod cluster_service;
 pub mod config;
+pub mod grpc_status;
 pub mod kv_service;
 pub mod log_store;
 pub mod maintenance_service;

@@ -8,8 +8,8 @@ use etcd_proto::fivefoldpb::RaftPayload;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -86,8 +86,10 @@ struct TransportError(String);
 impl PeerConnection {
     fn client(&mut self) -> Result<PeerClient<Channel>, TransportError> {
         if self.client.is_none() {
-            let client =
-                self.channels.get(&self.url).map_err(|e| TransportError(format!("peer {}: {e}", self.url)))?;
+            let client = self
+                .channels
+                .get(&self.url)
+                .map_err(|e| TransportError(format!("peer {}: {e}", self.url)))?;
             self.client = Some(client);
         }
         Ok(self.client.clone().expect("set above"))
@@ -148,8 +150,10 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>>
-    {
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
+    > {
         self.call(Method::InstallSnapshot, &rpc, &option).await
     }
 

@@ -156,11 +156,18 @@ impl StoreNode {
             Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
                 Err(Status::failed_precondition(format!("etcdserver: {e}")))
             }
-            Ok(Err(RaftError::Fatal(e))) => Err(Status::unavailable(format!("etcdserver: server stopped: {e}"))),
+            Ok(Err(RaftError::Fatal(e))) => {
+                Err(Status::unavailable(format!("etcdserver: server stopped: {e}")))
+            }
         }
     }
 
-    async fn forward(&self, leader: &Member, command: Command, deadline: Instant) -> Result<CommandResponse, Status> {
+    async fn forward(
+        &self,
+        leader: &Member,
+        command: Command,
+        deadline: Instant,
+    ) -> Result<CommandResponse, Status> {
         let url = leader.peer_urls.first().ok_or_else(|| Status::unavailable(NO_LEADER))?;
         let mut client = self.peer(url)?;
         let mut request = tonic::Request::new(ProposeRequest { command: Some(command) });
@@ -215,7 +222,9 @@ impl StoreNode {
             Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
                 Err(Status::unavailable(NOT_LEADER))
             }
-            Ok(Err(RaftError::Fatal(e))) => Err(Status::unavailable(format!("etcdserver: server stopped: {e}"))),
+            Ok(Err(RaftError::Fatal(e))) => {
+                Err(Status::unavailable(format!("etcdserver: server stopped: {e}")))
+            }
         }
     }
 

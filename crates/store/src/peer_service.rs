@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use etcd_proto::fivefoldpb::peer_server::Peer;
-use etcd_proto::fivefoldpb::{ProposeRequest, ProposeResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse};
+use etcd_proto::fivefoldpb::{
+    ProposeRequest, ProposeResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -17,7 +19,8 @@ pub struct PeerService {
 }
 
 fn decode<T: DeserializeOwned>(payload: &RaftPayload) -> Result<T, Status> {
-    bincode::deserialize(&payload.data).map_err(|e| Status::invalid_argument(format!("bad raft payload: {e}")))
+    bincode::deserialize(&payload.data)
+        .map_err(|e| Status::invalid_argument(format!("bad raft payload: {e}")))
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
@@ -49,7 +52,10 @@ impl Peer for PeerService {
         Ok(Response::new(ProposeResponse { response: Some(response) }))
     }
 
-    async fn read_index(&self, _request: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
+    async fn read_index(
+        &self,
+        _request: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexResponse>, Status> {
         let deadline = Instant::now() + self.node.config.request_timeout;
         let index = self.node.read_index_here(deadline).await?;
         Ok(Response::new(ReadIndexResponse { index }))

@@ -67,8 +67,9 @@ async fn bind(urls: &[String], flag: &'static str) -> Result<Vec<(String, TcpLis
     let mut out = Vec::new();
     for url in urls {
         let addr: SocketAddr = parse_url(flag, url)?;
-        let listener =
-            TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { url: url.clone(), source })?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Listen { url: url.clone(), source })?;
         out.push((url.clone(), listener));
     }
     Ok(out)
@@ -90,8 +91,11 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
     let peer_listeners = bind(&config.listen_peer_urls, "--listen-peer-urls").await?;
     let client_listeners = bind(&config.listen_client_urls, "--listen-client-urls").await?;
 
-    let log = LogStore::open(&data_dir.join("raft-log.redb")).map_err(|e| ServerError::Storage(e.to_string()))?;
-    let mvcc = Arc::new(MvccStore::open(&data_dir.join("mvcc.redb")).map_err(|e| ServerError::Storage(e.to_string()))?);
+    let log =
+        LogStore::open(&data_dir.join("raft-log.redb")).map_err(|e| ServerError::Storage(e.to_string()))?;
+    let mvcc = Arc::new(
+        MvccStore::open(&data_dir.join("mvcc.redb")).map_err(|e| ServerError::Storage(e.to_string()))?,
+    );
     let state_machine = StateMachine::new(mvcc.clone(), &data_dir.join("snap"))
         .map_err(|source| ServerError::DataDir { path: data_dir.display().to_string(), source })?;
     let network = Network::default();
@@ -128,13 +132,15 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
     let decode_max = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
     for (url, listener) in client_listeners {
         let kv = KvServer::new(KvService { node: node.clone() }).max_decoding_message_size(decode_max);
-        let maintenance =
-            MaintenanceServer::new(MaintenanceService { node: node.clone() }).max_decoding_message_size(decode_max);
-        let cluster = ClusterServer::new(ClusterService { node: node.clone() }).max_decoding_message_size(decode_max);
+        let maintenance = MaintenanceServer::new(MaintenanceService { node: node.clone() })
+            .max_decoding_message_size(decode_max);
+        let cluster =
+            ClusterServer::new(ClusterService { node: node.clone() }).max_decoding_message_size(decode_max);
         let signal = stopped(stop_rx.clone());
         servers.spawn(async move {
             tracing::info!(%url, "serving clients");
             tonic::transport::Server::builder()
+                .layer(tower::util::MapResponseLayer::new(crate::grpc_status::align_codes))
                 .add_service(kv)
                 .add_service(maintenance)
                 .add_service(cluster)

@@ -103,7 +103,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 self.mvcc.write_snapshot(&mut data).map_err(|e| snap_error(ErrorVerb::Write, e))?;
             let find = |key: &str| external.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_slice());
             let last_log_id: Option<LogId> = find(META_APPLIED).map(decode).transpose()?.flatten();
-            let last_membership: StoredMembership = find(META_MEMBERSHIP).map(decode).transpose()?.unwrap_or_default();
+            let last_membership: StoredMembership =
+                find(META_MEMBERSHIP).map(decode).transpose()?.unwrap_or_default();
             let snapshot_id = match last_log_id {
                 Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, summary.rows),
                 None => format!("empty-{}", summary.rows),
@@ -122,7 +123,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let read = |key: &str| self.mvcc.get_meta(key).map_err(|e| sm_error(ErrorVerb::Read, e));
         let applied: Option<LogId> = read(META_APPLIED)?.map(|b| decode(&b)).transpose()?.flatten();
-        let membership: StoredMembership = read(META_MEMBERSHIP)?.map(|b| decode(&b)).transpose()?.unwrap_or_default();
+        let membership: StoredMembership =
+            read(META_MEMBERSHIP)?.map(|b| decode(&b)).transpose()?.unwrap_or_default();
         Ok((applied, membership))
     }
 
@@ -139,7 +141,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut membership: Option<StoredMembership> = None;
             for entry in entries {
                 if let Some(prev) = last {
-                    assert!(entry.log_id.index == prev.index + 1, "entries are applied in order, without gaps");
+                    assert!(
+                        entry.log_id.index == prev.index + 1,
+                        "entries are applied in order, without gaps"
+                    );
                 }
                 last = Some(entry.log_id);
                 match entry.payload {
@@ -187,11 +192,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         tokio::task::block_in_place(|| {
-            let summary = self.mvcc.install_snapshot(data.as_slice()).map_err(|e| snap_error(ErrorVerb::Write, e))?;
+            let summary =
+                self.mvcc.install_snapshot(data.as_slice()).map_err(|e| snap_error(ErrorVerb::Write, e))?;
             // The snapshot carries the applied id and membership it was built at;
             // set them from the meta openraft trusts, durably.
             let mut batch = self.mvcc.begin_apply().map_err(|e| sm_error(ErrorVerb::Write, e))?;
-            batch.put_meta(META_APPLIED, &encode(&meta.last_log_id)?).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            batch
+                .put_meta(META_APPLIED, &encode(&meta.last_log_id)?)
+                .map_err(|e| sm_error(ErrorVerb::Write, e))?;
             batch
                 .put_meta(META_MEMBERSHIP, &encode(&meta.last_membership)?)
                 .map_err(|e| sm_error(ErrorVerb::Write, e))?;
@@ -206,4 +214,3 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tokio::task::block_in_place(|| load_snapshot(&self.snapshot_dir))
     }
 }
-

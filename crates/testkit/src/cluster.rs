@@ -263,7 +263,8 @@ impl Cluster {
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "no leader agreed by a majority within {:?}; (member, id, leader) seen: {last_seen:?}\n{}",
+                    "no leader agreed by a majority within {:?}; (member, id, leader) seen: \
+                     {last_seen:?}\n{}",
                     self.ready_timeout,
                     self.log_tails(LOG_TAIL_LINES)
                 );

@@ -60,7 +60,10 @@ fn report_missing(name: &str, require_all: bool) {
     if require_all {
         panic!("{name} is required ({REQUIRE_ALL_ENV}=1) but not found on PATH; install it with: {hint}");
     }
-    eprintln!("skipped: {name} not found on PATH (install it with: {hint}; set {REQUIRE_ALL_ENV}=1 to fail instead)");
+    eprintln!(
+        "skipped: {name} not found on PATH (install it with: {hint}; \
+         set {REQUIRE_ALL_ENV}=1 to fail instead)"
+    );
 }
 
 fn install_hint(name: &str) -> String {

@@ -119,10 +119,7 @@ pub fn cluster_id(cluster_token: &str, member_ids: &[u64]) -> u64 {
 pub fn city_holding_majority<'a>(cities: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let cities: Vec<&str> = cities.into_iter().collect();
     let total = cities.len();
-    cities
-        .iter()
-        .copied()
-        .find(|c| cities.iter().filter(|x| *x == c).count() * 2 > total)
+    cities.iter().copied().find(|c| cities.iter().filter(|x| *x == c).count() * 2 > total)
 }
 
 #[cfg(test)]
