@@ -70,6 +70,26 @@ pub struct StoreArgs {
     /// Election timeout, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub election_timeout: u64,
+    /// How often idle watchers that asked for progress notifications get one
+    /// (etcd's flag name; durations like 500ms, 5s, 10m).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub experimental_watch_progress_notify_interval: Duration,
+}
+
+/// Parses a duration written as a number and a unit: ms, s, m or h.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 =
+        number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 5s or 10m"))?;
+    let millis = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("{text:?}: the unit must be ms, s, m or h")),
+    };
+    number.checked_mul(millis).map(Duration::from_millis).ok_or_else(|| format!("{text:?} is too long"))
 }
 
 impl StoreArgs {
@@ -111,8 +131,23 @@ impl StoreArgs {
         config.snapshot_catchup_entries = self.snapshot_catchup_entries;
         config.heartbeat_interval = Duration::from_millis(self.heartbeat_interval);
         config.election_timeout = Duration::from_millis(self.election_timeout);
+        config.watch_progress_notify_interval = self.experimental_watch_progress_notify_interval;
         config.validate()?;
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("x5s").is_err());
+        assert!(parse_duration("99999999999999999h").is_err());
     }
 }
 

@@ -7,6 +7,7 @@ use etcd_proto::etcdserverpb::{
     PutRequest, PutResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use etcd_proto::fivefoldpb::{command, command_response, ApplyError, Command, CommandResponse, Empty};
+use etcd_proto::mvccpb::{event, Event, KeyValue};
 use prost::Message;
 use redb::{Durability, ReadableTable, Table, WriteTransaction};
 
@@ -14,7 +15,7 @@ use crate::encoding::{row_key, split_row_key, Version};
 use crate::error::{MvccError, StorageError};
 use crate::read::{self, for_each_live, live_at, ReadView};
 use crate::span::Span;
-use crate::store::{MvccStore, KV, MEMBERS, META, META_COMPACT, META_REVISION};
+use crate::store::{MvccStore, KV, MEMBERS, META, META_COMPACT, META_REVISION, REVS};
 use crate::KvError;
 
 type KvTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
@@ -25,6 +26,19 @@ pub struct ApplyBatch<'s> {
     txn: WriteTransaction,
     revision: i64,
     compacted: i64,
+    /// Every change of the batch, in revision order, for watchers.
+    events: Vec<Event>,
+}
+
+/// What a committed batch changed.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// The store revision after the batch.
+    pub revision: i64,
+    /// The compacted revision after the batch.
+    pub compacted: i64,
+    /// Every change, in revision order; a revision's events are contiguous.
+    pub events: Vec<Event>,
 }
 
 /// How a path through a Txn was decided: the compare outcome of a Txn and of the
@@ -38,7 +52,7 @@ impl<'s> ApplyBatch<'s> {
     pub(crate) fn begin(store: &'s MvccStore) -> Result<ApplyBatch<'s>, StorageError> {
         let txn = store.db.begin_write()?;
         let (revision, compacted) = crate::store::read_revisions(&txn.open_table(META)?)?;
-        Ok(ApplyBatch { store, txn, revision, compacted })
+        Ok(ApplyBatch { store, txn, revision, compacted, events: Vec::new() })
     }
 
     /// The store revision as of the commands applied so far.
@@ -50,6 +64,7 @@ impl<'s> ApplyBatch<'s> {
     /// command still counts as applied); an `Err` is an engine failure.
     pub fn apply(&mut self, cmd: &Command) -> Result<CommandResponse, StorageError> {
         let before = self.revision;
+        let events_before = self.events.len();
         let result = match &cmd.kind {
             Some(command::Kind::Put(req)) => self.put_command(req),
             Some(command::Kind::DeleteRange(req)) => self.delete_command(req),
@@ -70,6 +85,20 @@ impl<'s> ApplyBatch<'s> {
             Err(KvError::Storage(e)) => return Err(e),
         };
         assert!(self.revision == before || self.revision == before + 1, "revision moves by one per command");
+        assert_eq!(
+            self.revision == before + 1,
+            self.events.len() > events_before,
+            "a command takes a revision exactly when it changes a key"
+        );
+        if self.revision == before + 1 {
+            let keys: Vec<&[u8]> = self.events[events_before..]
+                .iter()
+                .map(|e| e.kv.as_ref().map_or(&[][..], |kv| kv.key.as_slice()))
+                .collect();
+            self.txn
+                .open_table(REVS)?
+                .insert(self.revision as u64, crate::encoding::encode_keys(&keys).as_slice())?;
+        }
         Ok(CommandResponse { kind: Some(kind), revision: self.revision })
     }
 
@@ -84,7 +113,7 @@ impl<'s> ApplyBatch<'s> {
     /// reaches the disk with the next durable one: the Raft log, not this
     /// database, is the durable record, and entries after the last durable commit
     /// are applied again on restart.
-    pub fn commit(mut self, durable: bool) -> Result<(), StorageError> {
+    pub fn commit(mut self, durable: bool) -> Result<Committed, StorageError> {
         {
             let mut meta = self.txn.open_table(META)?;
             meta.insert(META_REVISION, self.revision.to_be_bytes().as_slice())?;
@@ -94,7 +123,7 @@ impl<'s> ApplyBatch<'s> {
         self.txn.set_durability(durability)?;
         self.txn.commit()?;
         self.store.note_commit(self.revision, durable);
-        Ok(())
+        Ok(Committed { revision: self.revision, compacted: self.compacted, events: self.events })
     }
 
     fn pending(&self) -> u64 {
@@ -106,7 +135,7 @@ impl<'s> ApplyBatch<'s> {
         let rev = self.pending();
         let mut kv = self.txn.open_table(KV)?;
         check_put_state(&kv, req)?;
-        let resp = put(&mut kv, req, rev)?;
+        let resp = put(&mut kv, req, rev, &mut self.events)?;
         self.revision += 1;
         Ok(command_response::Kind::Put(PutResponse { header: Some(self.header()), ..resp }))
     }
@@ -115,7 +144,7 @@ impl<'s> ApplyBatch<'s> {
         crate::validate::check_delete_range(req)?;
         let rev = self.pending();
         let mut kv = self.txn.open_table(KV)?;
-        let resp = delete_range(&mut kv, req, rev)?;
+        let resp = delete_range(&mut kv, req, rev, &mut self.events)?;
         if resp.deleted > 0 {
             self.revision += 1;
         }
@@ -128,7 +157,7 @@ impl<'s> ApplyBatch<'s> {
         let path = decide_path(&kv, req)?;
         let view = ReadView { current: self.revision, compacted: self.compacted };
         check_path(&kv, req, &path, view)?;
-        let mut exec = Exec { rev: self.pending(), changed: false, view };
+        let mut exec = Exec { rev: self.pending(), changed: false, view, events: &mut self.events };
         let mut resp = exec.txn(&mut kv, req, &path)?;
         if exec.changed {
             self.revision += 1;
@@ -146,6 +175,8 @@ impl<'s> ApplyBatch<'s> {
         }
         let mut kv = self.txn.open_table(KV)?;
         let removed = compact_rows(&mut kv, req.revision as u64)?;
+        drop(kv);
+        self.txn.open_table(REVS)?.retain_in(..req.revision as u64, |_, _| false)?;
         tracing::info!(revision = req.revision, rows_removed = removed, "compacted");
         self.compacted = req.revision;
         assert!(self.compacted <= self.revision, "compaction never passes the store revision");
@@ -172,7 +203,12 @@ fn check_put_state(
     Ok(())
 }
 
-fn put(kv: &mut KvTable<'_>, req: &PutRequest, rev: u64) -> Result<PutResponse, KvError> {
+fn put(
+    kv: &mut KvTable<'_>,
+    req: &PutRequest,
+    rev: u64,
+    events: &mut Vec<Event>,
+) -> Result<PutResponse, KvError> {
     let prev = live_at(kv, &req.key, u64::MAX)?;
     let version = Version {
         tombstone: false,
@@ -188,6 +224,8 @@ fn put(kv: &mut KvTable<'_>, req: &PutRequest, rev: u64) -> Result<PutResponse, 
         },
     };
     kv.insert(row_key(&req.key, rev).as_slice(), version.encode().as_slice())?;
+    let written = read::key_value(req.key.clone(), rev, version);
+    events.push(Event { r#type: event::EventType::Put as i32, kv: Some(written), prev_kv: prev.clone() });
     Ok(PutResponse { header: None, prev_kv: if req.prev_kv { prev } else { None } })
 }
 
@@ -195,6 +233,7 @@ fn delete_range(
     kv: &mut KvTable<'_>,
     req: &DeleteRangeRequest,
     rev: u64,
+    events: &mut Vec<Event>,
 ) -> Result<DeleteRangeResponse, KvError> {
     let span = Span::new(&req.key, &req.range_end);
     let mut doomed = Vec::new();
@@ -205,6 +244,12 @@ fn delete_range(
     let tombstone = Version::tombstone().encode();
     for found in &doomed {
         kv.insert(row_key(&found.key, rev).as_slice(), tombstone.as_slice())?;
+        let gone = KeyValue { key: found.key.clone(), mod_revision: rev as i64, ..Default::default() };
+        events.push(Event {
+            r#type: event::EventType::Delete as i32,
+            kv: Some(gone),
+            prev_kv: Some(found.clone()),
+        });
     }
     Ok(DeleteRangeResponse {
         header: None,
@@ -259,13 +304,14 @@ fn check_path(kv: &impl read::Rows, req: &TxnRequest, path: &Path, view: ReadVie
 }
 
 /// Executes a Txn along a decided path.
-struct Exec {
+struct Exec<'e> {
     rev: u64,
     changed: bool,
     view: ReadView,
+    events: &'e mut Vec<Event>,
 }
 
-impl Exec {
+impl Exec<'_> {
     fn txn(&mut self, kv: &mut KvTable<'_>, req: &TxnRequest, path: &Path) -> Result<TxnResponse, KvError> {
         let ops = if path.succeeded { &req.success } else { &req.failure };
         let mut nested = path.nested.iter();
@@ -294,13 +340,13 @@ impl Exec {
                 response_op::Response::ResponseRange(resp)
             }
             Some(request_op::Request::RequestPut(p)) => {
-                let mut resp = put(kv, p, self.rev)?;
+                let mut resp = put(kv, p, self.rev, self.events)?;
                 self.changed = true;
                 resp.header = Some(header(true, self.view));
                 response_op::Response::ResponsePut(resp)
             }
             Some(request_op::Request::RequestDeleteRange(d)) => {
-                let mut resp = delete_range(kv, d, self.rev)?;
+                let mut resp = delete_range(kv, d, self.rev, self.events)?;
                 self.changed |= resp.deleted > 0;
                 resp.header = Some(header(self.changed, self.view));
                 response_op::Response::ResponseDeleteRange(resp)

@@ -104,6 +104,36 @@ impl Version {
     }
 }
 
+/// Encodes the keys one revision changed (the `revs` table's value):
+/// `count u32 | (len u32 | key)*`, little-endian.
+pub fn encode_keys(keys: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + keys.iter().map(|k| 4 + k.len()).sum::<usize>());
+    out.extend_from_slice(&(keys.len() as u32).to_le_bytes());
+    for key in keys {
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(key);
+    }
+    out
+}
+
+pub fn decode_keys(bytes: &[u8]) -> Result<Vec<Vec<u8>>, StorageError> {
+    let corrupt = || StorageError(format!("corrupt revision key list of {} bytes", bytes.len()));
+    let int = |at: usize| -> Result<usize, StorageError> {
+        let raw: [u8; 4] = bytes.get(at..at + 4).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?;
+        Ok(u32::from_le_bytes(raw) as usize)
+    };
+    let count = int(0)?;
+    let mut at = 4;
+    let mut keys = Vec::with_capacity(count.min(bytes.len()));
+    for _ in 0..count {
+        let len = int(at)?;
+        at += 4;
+        keys.push(bytes.get(at..at + len).ok_or_else(corrupt)?.to_vec());
+        at += len;
+    }
+    Ok(keys)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +166,15 @@ mod tests {
         assert!(split_row_key(b"").is_err());
         assert!(split_row_key(b"abc\x00\x05\x00\x00\x00\x00\x00\x00\x00\x01").is_err());
         assert!(Version::decode(b"\x00\x01").is_err());
+    }
+
+    #[test]
+    fn key_lists_round_trip_and_reject_truncation() {
+        let keys: [&[u8]; 3] = [b"a", b"", b"\x00zz"];
+        let encoded = encode_keys(&keys);
+        assert_eq!(decode_keys(&encoded).unwrap(), keys.iter().map(|k| k.to_vec()).collect::<Vec<_>>());
+        assert!(decode_keys(&encoded[..encoded.len() - 1]).is_err());
+        assert!(decode_keys(&[9, 0, 0, 0]).is_err());
     }
 
     #[test]

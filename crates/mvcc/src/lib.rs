@@ -16,11 +16,13 @@
 //!
 //! Modules: `encoding` (row layout), `span` (key ranges), `validate`
 //! (stateless request checks), `read` (range, compare), `apply` (the write
-//! path), `snapshot` (export and install), `store` (the database).
+//! path, which also yields the events of each change), `history` (past
+//! changes in revision order, for watchers), `snapshot` (export and install), `store` (the database).
 
 pub mod apply;
 pub mod encoding;
 pub mod error;
+pub mod history;
 pub mod limits;
 pub mod read;
 pub mod snapshot;
@@ -28,7 +30,7 @@ pub mod span;
 pub mod store;
 pub mod validate;
 
-pub use apply::ApplyBatch;
+pub use apply::{ApplyBatch, Committed};
 pub use error::{GrpcCode, MvccError, StorageError};
 pub use store::{MvccStore, META_EXTERNAL_PREFIX};
 

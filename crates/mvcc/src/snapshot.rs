@@ -10,12 +10,13 @@ use std::io::{Read, Write};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::error::StorageError;
-use crate::store::{MvccStore, KV, MEMBERS, META};
+use crate::store::{MvccStore, KV, MEMBERS, META, REVS};
 
 const MAGIC: &[u8] = b"FIVEFOLD-MVCC-SNAPSHOT-1\n";
 const TAG_KV: u8 = 1;
 const TAG_META: u8 = 2;
 const TAG_MEMBER: u8 = 3;
+const TAG_REV: u8 = 4;
 const TAG_END: u8 = 0xFF;
 /// No single record field may claim more than this (a corrupt length must not
 /// make the reader allocate without bound).
@@ -105,6 +106,10 @@ impl MvccStore {
             let (k, v) = row?;
             w.record(TAG_MEMBER, &k.value().to_be_bytes(), v.value())?;
         }
+        for row in txn.open_table(REVS)?.iter()? {
+            let (k, v) = row?;
+            w.record(TAG_REV, &k.value().to_be_bytes(), v.value())?;
+        }
         w.put(&[TAG_END])?;
         let crc = w.crc.clone().finalize();
         w.inner.write_all(&crc.to_le_bytes())?;
@@ -123,11 +128,13 @@ impl MvccStore {
         clear(&txn, KV)?;
         clear(&txn, META)?;
         clear(&txn, MEMBERS)?;
+        clear(&txn, REVS)?;
         let mut rows = 0;
         {
             let mut kv = txn.open_table(KV)?;
             let mut meta = txn.open_table(META)?;
             let mut members = txn.open_table(MEMBERS)?;
+            let mut revs = txn.open_table(REVS)?;
             loop {
                 let tag = r.take(1)?[0];
                 if tag == TAG_END {
@@ -150,6 +157,12 @@ impl MvccStore {
                             .try_into()
                             .map_err(|_| StorageError("snapshot member id is not 8 bytes".into()))?;
                         members.insert(u64::from_be_bytes(id), value.as_slice())?;
+                    }
+                    TAG_REV => {
+                        let rev: [u8; 8] = key
+                            .try_into()
+                            .map_err(|_| StorageError("snapshot revision is not 8 bytes".into()))?;
+                        revs.insert(u64::from_be_bytes(rev), value.as_slice())?;
                     }
                     other => return Err(StorageError(format!("unknown snapshot record tag {other}"))),
                 }

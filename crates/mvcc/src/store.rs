@@ -20,6 +20,9 @@ use crate::KvError;
 pub(crate) const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 /// Store-wide values: revisions, and opaque values of the layer above.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// The keys each revision changed, by revision: the revision-ordered index
+/// that watchers catching up from disk (and hashes) read.
+pub(crate) const REVS: TableDefinition<u64, &[u8]> = TableDefinition::new("revs");
 /// Published member attributes, by member id.
 pub(crate) const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
 
@@ -68,6 +71,7 @@ impl MvccStore {
             let txn = db.begin_write()?;
             txn.open_table(KV)?;
             txn.open_table(META)?;
+            txn.open_table(REVS)?;
             txn.open_table(MEMBERS)?;
             txn.commit()?;
         }

@@ -257,3 +257,43 @@ fn state_survives_reopen_after_durable_commit() {
     assert_eq!(store.revision(), 2);
     assert_eq!(get(&store, "a", 0).unwrap().as_deref(), Some("1"));
 }
+
+#[test]
+fn changes_are_events_in_memory_and_on_disk() {
+    use etcd_proto::mvccpb::event::EventType;
+    let (_dir, store) = open();
+    put(&store, "a", "1"); // rev 2
+    let mut batch = store.begin_apply().unwrap();
+    let txn = TxnRequest {
+        compare: vec![],
+        success: vec![
+            op_put("b", "2"),
+            RequestOp {
+                request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                    key: "a".into(),
+                    ..Default::default()
+                })),
+            },
+        ],
+        failure: vec![],
+    };
+    batch.apply(&Command { kind: Some(command::Kind::Txn(txn)) }).unwrap(); // rev 3
+    let committed = batch.commit(false).unwrap();
+    assert_eq!(committed.revision, 3);
+    let kinds: Vec<(i32, i64)> =
+        committed.events.iter().map(|e| (e.r#type, e.kv.as_ref().unwrap().mod_revision)).collect();
+    assert_eq!(kinds, [(EventType::Put as i32, 3), (EventType::Delete as i32, 3)]);
+    assert_eq!(committed.events[1].prev_kv.as_ref().unwrap().value, b"1");
+
+    let history = store.history(2, 3, 100).unwrap();
+    assert_eq!(history.next, 4);
+    let keys: Vec<&[u8]> = history.events.iter().map(|e| e.kv.as_ref().unwrap().key.as_slice()).collect();
+    assert_eq!(keys, [&b"a"[..], b"b", b"a"]);
+    assert_eq!(history.events[1..], committed.events[..], "disk and memory agree");
+    // Whole revisions only: a limit of 1 event still returns all of revision 2's.
+    assert_eq!(store.history(2, 3, 1).unwrap().next, 3);
+
+    apply(&store, command::Kind::Compaction(CompactionRequest { revision: 3, physical: false }));
+    assert!(matches!(store.history(2, 3, 100), Err(mvcc::KvError::Request(MvccError::Compacted))));
+    assert_eq!(store.history(3, 3, 100).unwrap().next, 4);
+}

@@ -40,6 +40,8 @@ pub struct StoreConfig {
     pub election_timeout: Duration,
     /// How long a client request may wait for the cluster (a leader, a commit).
     pub request_timeout: Duration,
+    /// How often an idle watcher that asked for it gets a progress response.
+    pub watch_progress_notify_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +109,7 @@ impl StoreConfig {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
             request_timeout: Duration::from_secs(5),
+            watch_progress_notify_interval: Duration::from_secs(600),
         }
     }
 
@@ -145,6 +148,11 @@ impl StoreConfig {
         if self.max_request_bytes == 0 || self.max_txn_ops == 0 {
             return Err(ConfigError::Invalid(
                 "--max-request-bytes and --max-txn-ops must be positive".into(),
+            ));
+        }
+        if self.watch_progress_notify_interval < Duration::from_millis(10) {
+            return Err(ConfigError::Invalid(
+                "the watch progress notify interval must be at least 10ms".into(),
             ));
         }
         if self.snapshot_count == 0 {

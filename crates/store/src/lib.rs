@@ -30,6 +30,8 @@ pub mod placement;
 pub mod server;
 pub mod state_machine;
 pub mod types;
+pub mod watch_hub;
+pub mod watch_service;
 
 pub use config::{ClusterState, ConfigError, StoreConfig};
 pub use maintenance_service::ETCD_COMPATIBLE_VERSION;

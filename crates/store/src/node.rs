@@ -22,6 +22,7 @@ use tonic::{Code, Status};
 use crate::config::StoreConfig;
 use crate::network::PeerChannels;
 use crate::types::{Member, NodeId, Raft, Request};
+use crate::watch_hub::WatchHub;
 
 /// etcd's message when no leader is known.
 pub const NO_LEADER: &str = "etcdserver: no leader";
@@ -36,6 +37,7 @@ pub struct StoreNode {
     pub member_id: NodeId,
     pub cluster_id: u64,
     pub config: StoreConfig,
+    pub watch_hub: Arc<WatchHub>,
     peers: PeerChannels,
 }
 
@@ -55,12 +57,19 @@ pub fn kv_status(e: mvcc::KvError) -> Status {
 }
 
 impl StoreNode {
-    pub fn new(raft: Raft, mvcc: Arc<MvccStore>, config: StoreConfig, peers: PeerChannels) -> StoreNode {
+    pub fn new(
+        raft: Raft,
+        mvcc: Arc<MvccStore>,
+        watch_hub: Arc<WatchHub>,
+        config: StoreConfig,
+        peers: PeerChannels,
+    ) -> StoreNode {
         StoreNode {
             member_id: config.member_id(),
             cluster_id: config.cluster_id(),
             raft,
             mvcc,
+            watch_hub,
             config,
             peers,
         }

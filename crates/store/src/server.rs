@@ -8,6 +8,7 @@ use std::sync::Arc;
 use etcd_proto::etcdserverpb::cluster_server::ClusterServer;
 use etcd_proto::etcdserverpb::kv_server::KvServer;
 use etcd_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use etcd_proto::etcdserverpb::watch_server::WatchServer;
 use etcd_proto::fivefoldpb::peer_server::PeerServer;
 use mvcc::MvccStore;
 use openraft::SnapshotPolicy;
@@ -25,6 +26,8 @@ use crate::node::StoreNode;
 use crate::peer_service::PeerService;
 use crate::state_machine::StateMachine;
 use crate::types::Raft;
+use crate::watch_hub::WatchHub;
+use crate::watch_service::WatchService;
 
 /// Entries sent to a follower in one AppendEntries.
 const APPEND_ENTRIES_MAX: u64 = 1024;
@@ -96,14 +99,15 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
     let mvcc = Arc::new(
         MvccStore::open(&data_dir.join("mvcc.redb")).map_err(|e| ServerError::Storage(e.to_string()))?,
     );
-    let state_machine = StateMachine::new(mvcc.clone(), &data_dir.join("snap"))
+    let watch_hub = Arc::new(WatchHub::new(mvcc.revision()));
+    let state_machine = StateMachine::new(mvcc.clone(), watch_hub.clone(), &data_dir.join("snap"))
         .map_err(|source| ServerError::DataDir { path: data_dir.display().to_string(), source })?;
     let network = Network::default();
     let channels = network.channels.clone();
     let raft = Raft::new(config.member_id(), Arc::new(raft_config(&config)?), network, log, state_machine)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
-    let node = Arc::new(StoreNode::new(raft, mvcc.clone(), config.clone(), channels));
+    let node = Arc::new(StoreNode::new(raft, mvcc.clone(), watch_hub, config.clone(), channels));
     tracing::info!(
         name = %config.name, member_id = format_args!("{:x}", node.member_id),
         cluster_id = format_args!("{:x}", node.cluster_id), city = %config.city, dc = %config.dc,
@@ -136,6 +140,11 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
             .max_decoding_message_size(decode_max);
         let cluster =
             ClusterServer::new(ClusterService { node: node.clone() }).max_decoding_message_size(decode_max);
+        let watch = WatchServer::new(WatchService {
+            node: node.clone(),
+            progress_notify_interval: config.watch_progress_notify_interval,
+        })
+        .max_decoding_message_size(decode_max);
         let signal = stopped(stop_rx.clone());
         servers.spawn(async move {
             tracing::info!(%url, "serving clients");
@@ -144,6 +153,7 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
                 .add_service(kv)
                 .add_service(maintenance)
                 .add_service(cluster)
+                .add_service(watch)
                 .serve_with_incoming_shutdown(incoming(listener), signal)
                 .await
                 .map_err(|source| ServerError::Serve { what: "clients", source })

@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 use crate::types::{
     Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
+use crate::watch_hub::WatchHub;
 
 /// Longest time applied state may stay only in memory. Bounds how much log a
 /// restart re-applies; durability itself comes from the log.
@@ -48,14 +49,24 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
 
 pub struct StateMachine {
     mvcc: Arc<MvccStore>,
+    watch_hub: Arc<WatchHub>,
     snapshot_dir: PathBuf,
     last_durable: Instant,
 }
 
 impl StateMachine {
-    pub fn new(mvcc: Arc<MvccStore>, snapshot_dir: &Path) -> Result<StateMachine, std::io::Error> {
+    pub fn new(
+        mvcc: Arc<MvccStore>,
+        watch_hub: Arc<WatchHub>,
+        snapshot_dir: &Path,
+    ) -> Result<StateMachine, std::io::Error> {
         std::fs::create_dir_all(snapshot_dir)?;
-        Ok(StateMachine { mvcc, snapshot_dir: snapshot_dir.to_path_buf(), last_durable: Instant::now() })
+        Ok(StateMachine {
+            mvcc,
+            watch_hub,
+            snapshot_dir: snapshot_dir.to_path_buf(),
+            last_durable: Instant::now(),
+        })
     }
 }
 
@@ -168,7 +179,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if let Some(m) = &membership {
                 put(&mut batch, META_MEMBERSHIP, encode(m)?)?;
             }
-            batch.commit(durable).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            let committed = batch.commit(durable).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            // Watchers see a change only once it is committed to the engine.
+            self.watch_hub.publish(committed.events, committed.revision);
             Ok::<_, StorageError>(responses)
         })?;
         if durable {
@@ -205,6 +218,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|e| sm_error(ErrorVerb::Write, e))?;
             batch.commit(true).map_err(|e| sm_error(ErrorVerb::Write, e))?;
             save_snapshot(&self.snapshot_dir, meta, &data)?;
+            self.watch_hub.reset(self.mvcc.revision());
             tracing::info!(last_log_id = ?meta.last_log_id, rows = summary.rows, "installed snapshot");
             Ok(())
         })

@@ -1,0 +1,136 @@
+//! The watch hub: the recent changes, kept in memory for watchers, and the
+//! applied revision they follow.
+//!
+//! Pull, not push: apply appends a revision's events here and bumps the
+//! published revision; each watch stream reads what it has not sent yet, from
+//! here while the window still holds it, from disk (`MvccStore::history`)
+//! after that. Apply never waits for a watcher, and a slow watcher only falls
+//! back to disk.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use etcd_proto::mvccpb::Event;
+use tokio::sync::watch;
+
+/// Events kept in memory for watchers that are close to the head.
+pub const WATCH_WINDOW_EVENTS_MAX: usize = 65_536;
+
+/// One revision's events, shared by every watcher that reads them.
+pub type RevisionEvents = (i64, Arc<[Event]>);
+
+struct Window {
+    revisions: VecDeque<RevisionEvents>,
+    events: usize,
+    /// The window holds every change of every revision from here on.
+    complete_from: i64,
+}
+
+pub struct WatchHub {
+    window: Mutex<Window>,
+    published: watch::Sender<i64>,
+}
+
+impl std::fmt::Debug for WatchHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchHub").field("published", &*self.published.borrow()).finish()
+    }
+}
+
+impl WatchHub {
+    /// A hub for a store whose applied revision is `revision`.
+    pub fn new(revision: i64) -> WatchHub {
+        let window = Window { revisions: VecDeque::new(), events: 0, complete_from: revision + 1 };
+        WatchHub { window: Mutex::new(window), published: watch::Sender::new(revision) }
+    }
+
+    /// The revision every published change is at or below.
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.published.subscribe()
+    }
+
+    pub fn revision(&self) -> i64 {
+        *self.published.borrow()
+    }
+
+    /// Publishes the events of a committed batch (revision order) and the
+    /// store revision after it.
+    pub fn publish(&self, events: Vec<Event>, revision: i64) {
+        {
+            let mut window = self.window.lock().expect("watch window lock");
+            let mut events = events.into_iter().peekable();
+            while let Some(first) = events.next() {
+                let rev = first.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+                let mut group = vec![first];
+                while events.peek().is_some_and(|e| e.kv.as_ref().map_or(0, |kv| kv.mod_revision) == rev) {
+                    group.extend(events.next());
+                }
+                if let Some((last, _)) = window.revisions.back() {
+                    assert!(rev > *last, "watch events are published in revision order");
+                }
+                window.events += group.len();
+                window.revisions.push_back((rev, group.into()));
+            }
+            while window.events > WATCH_WINDOW_EVENTS_MAX {
+                let Some((rev, events)) = window.revisions.pop_front() else { break };
+                window.events -= events.len();
+                window.complete_from = rev + 1;
+            }
+        }
+        let before = self.published.send_replace(revision);
+        assert!(revision >= before, "the published revision never goes back");
+    }
+
+    /// Forgets the window after the state was replaced by a snapshot.
+    pub fn reset(&self, revision: i64) {
+        {
+            let mut window = self.window.lock().expect("watch window lock");
+            window.revisions.clear();
+            window.events = 0;
+            window.complete_from = revision + 1;
+        }
+        self.published.send_replace(revision);
+    }
+
+    /// The changes of revisions `from..=to`, if the window still holds all of
+    /// them; `None` means: read them from disk.
+    pub fn window(&self, from: i64, to: i64) -> Option<Vec<RevisionEvents>> {
+        let window = self.window.lock().expect("watch window lock");
+        if from < window.complete_from {
+            return None;
+        }
+        let start = window.revisions.partition_point(|(rev, _)| *rev < from);
+        Some(window.revisions.iter().skip(start).take_while(|(rev, _)| *rev <= to).cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use etcd_proto::mvccpb::KeyValue;
+
+    use super::*;
+
+    fn event(rev: i64) -> Event {
+        Event {
+            kv: Some(KeyValue { key: b"k".to_vec(), mod_revision: rev, ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn window_serves_what_it_holds_and_refers_older_reads_to_disk() {
+        let hub = WatchHub::new(1);
+        hub.publish(vec![event(2), event(2), event(3)], 3);
+        assert_eq!(hub.revision(), 3);
+        let got = hub.window(2, 3).unwrap();
+        assert_eq!(got.iter().map(|(r, e)| (*r, e.len())).collect::<Vec<_>>(), [(2, 2), (3, 1)]);
+        assert_eq!(hub.window(3, 3).unwrap().len(), 1);
+        assert!(hub.window(1, 3).is_none(), "revision 1 predates the hub");
+        let many: Vec<Event> = (4..4 + WATCH_WINDOW_EVENTS_MAX as i64).map(event).collect();
+        hub.publish(many, 3 + WATCH_WINDOW_EVENTS_MAX as i64);
+        assert!(hub.window(2, 10).is_none(), "evicted revisions are read from disk");
+        hub.reset(100_000);
+        assert!(hub.window(99_999, 100_000).is_none());
+        assert_eq!(hub.window(100_001, 100_001).unwrap().len(), 0);
+    }
+}

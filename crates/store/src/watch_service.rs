@@ -1,0 +1,292 @@
+//! `etcdserverpb.Watch`: many watchers per stream, history replay, progress.
+//!
+//! One task per stream owns its watchers. Each watcher remembers the next
+//! revision it owes its client; the task sends every revision in order, whole,
+//! from the hub's window or from disk, so events are never lost, duplicated or
+//! split across responses — also on a follower and across leader changes,
+//! because events come from this member's own applied log.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_proto::etcdserverpb::watch_create_request::FilterType;
+use etcd_proto::etcdserverpb::watch_request::RequestUnion;
+use etcd_proto::etcdserverpb::watch_server::Watch;
+use etcd_proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+use etcd_proto::mvccpb::{event::EventType, Event};
+use mvcc::span::Span;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::node::StoreNode;
+
+/// Responses queued for one stream before its task waits for the client.
+pub const WATCH_STREAM_QUEUE: usize = 64;
+/// Watchers one stream may hold.
+pub const WATCHERS_PER_STREAM_MAX: usize = 10_000;
+/// Events read from disk per catch-up step of one watcher.
+pub const WATCH_CATCHUP_EVENTS_MAX: usize = 1_000;
+/// etcd's answer to a client-chosen watch id that is taken.
+const DUPLICATE_WATCH_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+/// The watch id of a progress response that speaks for every watcher.
+const PROGRESS_ALL: i64 = -1;
+
+pub struct WatchService {
+    pub node: Arc<StoreNode>,
+    pub progress_notify_interval: Duration,
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    async fn watch(
+        &self,
+        request: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<tonic::codegen::BoxStream<WatchResponse>>, Status> {
+        let (tx, rx) = mpsc::channel(WATCH_STREAM_QUEUE);
+        let stream = WatchStream {
+            node: self.node.clone(),
+            tx,
+            watchers: BTreeMap::new(),
+            next_id: 0,
+            progress_interval: self.progress_notify_interval,
+        };
+        tokio::spawn(stream.run(request.into_inner()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+struct Watcher {
+    span: Span,
+    /// The next revision this watcher owes its client.
+    next: i64,
+    no_put: bool,
+    no_delete: bool,
+    prev_kv: bool,
+    progress_notify: bool,
+    fragment: bool,
+    /// Whether anything was sent since the last progress tick.
+    sent_recently: bool,
+}
+
+impl Watcher {
+    fn wants(&self, event: &Event) -> bool {
+        let put = event.r#type == EventType::Put as i32;
+        if (put && self.no_put) || (!put && self.no_delete) {
+            return false;
+        }
+        event.kv.as_ref().is_some_and(|kv| self.span.contains(&kv.key))
+    }
+
+    fn shape(&self, event: &Event) -> Event {
+        let mut event = event.clone();
+        if !self.prev_kv {
+            event.prev_kv = None;
+        }
+        event
+    }
+}
+
+/// The client went away: the stream ends.
+struct Gone;
+
+struct WatchStream {
+    node: Arc<StoreNode>,
+    tx: mpsc::Sender<Result<WatchResponse, Status>>,
+    watchers: BTreeMap<i64, Watcher>,
+    next_id: i64,
+    progress_interval: Duration,
+}
+
+impl WatchStream {
+    async fn run(mut self, mut incoming: Streaming<WatchRequest>) {
+        let mut published = self.node.watch_hub.subscribe();
+        let mut ticker = tokio::time::interval(self.progress_interval);
+        ticker.tick().await;
+        loop {
+            if self.deliver().await.is_err() {
+                return;
+            }
+            tokio::select! {
+                request = incoming.message() => match request {
+                    Ok(Some(request)) => {
+                        if self.handle(request).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) | Err(_) => return,
+                },
+                changed = published.changed() => if changed.is_err() { return },
+                _ = ticker.tick() => if self.progress_tick().await.is_err() { return },
+            }
+        }
+    }
+
+    async fn send(&self, response: WatchResponse) -> Result<(), Gone> {
+        self.tx.send(Ok(response)).await.map_err(|_| Gone)
+    }
+
+    fn response(&self, watch_id: i64, revision: i64) -> WatchResponse {
+        WatchResponse { header: Some(self.node.header(revision)), watch_id, ..Default::default() }
+    }
+
+    async fn handle(&mut self, request: WatchRequest) -> Result<(), Gone> {
+        match request.request_union {
+            Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
+            Some(RequestUnion::CancelRequest(cancel)) => {
+                if self.watchers.remove(&cancel.watch_id).is_some() {
+                    let revision = self.node.watch_hub.revision();
+                    let response =
+                        WatchResponse { canceled: true, ..self.response(cancel.watch_id, revision) };
+                    self.send(response).await?;
+                }
+                Ok(())
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                // Speak for every watcher: the revision all of them have reached.
+                let head = self.node.watch_hub.revision();
+                let reached = self.watchers.values().map(|w| w.next - 1).min().unwrap_or(head).min(head);
+                self.send(self.response(PROGRESS_ALL, reached)).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn create(&mut self, create: WatchCreateRequest) -> Result<(), Gone> {
+        let head = self.node.watch_hub.revision();
+        let id = if create.watch_id != 0 {
+            create.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id
+        };
+        let refuse = |reason: &str| WatchResponse {
+            created: true,
+            canceled: true,
+            cancel_reason: reason.to_string(),
+            ..self.response(id, head)
+        };
+        if self.watchers.contains_key(&id) {
+            return self.send(refuse(DUPLICATE_WATCH_ID)).await;
+        }
+        if self.watchers.len() >= WATCHERS_PER_STREAM_MAX {
+            let reason = format!("fivefold: more than {WATCHERS_PER_STREAM_MAX} watchers on one stream");
+            return self.send(refuse(&reason)).await;
+        }
+        let filters: Vec<i32> = create.filters.clone();
+        let watcher = Watcher {
+            span: Span::new(&create.key, &create.range_end),
+            next: if create.start_revision > 0 { create.start_revision } else { head + 1 },
+            no_put: filters.contains(&(FilterType::Noput as i32)),
+            no_delete: filters.contains(&(FilterType::Nodelete as i32)),
+            prev_kv: create.prev_kv,
+            progress_notify: create.progress_notify,
+            fragment: create.fragment,
+            sent_recently: false,
+        };
+        self.watchers.insert(id, watcher);
+        if id == self.next_id {
+            self.next_id += 1;
+        }
+        self.send(WatchResponse { created: true, ..self.response(id, head) }).await
+    }
+
+    /// Sends every watcher what it is owed up to the published revision.
+    async fn deliver(&mut self) -> Result<(), Gone> {
+        let head = self.node.watch_hub.revision();
+        let ids: Vec<i64> = self.watchers.iter().filter(|(_, w)| w.next <= head).map(|(id, _)| *id).collect();
+        for id in ids {
+            while let Some(next) = self.watchers.get(&id).map(|w| w.next).filter(|next| *next <= head) {
+                let Some((events, reached)) = self.read(next, head).await else {
+                    self.cancel_compacted(id, head).await?;
+                    break;
+                };
+                let watcher = self.watchers.get_mut(&id).expect("watcher present");
+                watcher.next = reached + 1;
+                let events: Vec<Event> =
+                    events.iter().filter(|e| watcher.wants(e)).map(|e| watcher.shape(e)).collect();
+                if events.is_empty() {
+                    continue;
+                }
+                watcher.sent_recently = true;
+                let fragment = watcher.fragment;
+                self.send_events(id, head, events, fragment).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The events of `from..=to`, from the window or from disk, and the last
+    /// revision they cover. `None`: `from` has been compacted.
+    async fn read(&self, from: i64, to: i64) -> Option<(Vec<Event>, i64)> {
+        if let Some(revisions) = self.node.watch_hub.window(from, to) {
+            let events = revisions.iter().flat_map(|(_, events)| events.iter().cloned()).collect();
+            return Some((events, to));
+        }
+        let mvcc = self.node.mvcc.clone();
+        let history = tokio::task::spawn_blocking(move || mvcc.history(from, to, WATCH_CATCHUP_EVENTS_MAX))
+            .await
+            .ok()?;
+        match history {
+            Ok(history) => Some((history.events, history.next - 1)),
+            Err(mvcc::KvError::Request(mvcc::MvccError::Compacted)) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "reading watch history");
+                None
+            }
+        }
+    }
+
+    async fn cancel_compacted(&mut self, id: i64, head: i64) -> Result<(), Gone> {
+        self.watchers.remove(&id);
+        let compacted = self.node.mvcc.revisions().map(|(_, c)| c).unwrap_or(0);
+        let response =
+            WatchResponse { compact_revision: compacted, canceled: true, ..self.response(id, head) };
+        self.send(response).await
+    }
+
+    async fn send_events(&self, id: i64, head: i64, events: Vec<Event>, fragment: bool) -> Result<(), Gone> {
+        let limit = self.node.config.max_request_bytes;
+        if !fragment || events.iter().map(Message::encoded_len).sum::<usize>() <= limit {
+            return self.send(WatchResponse { events, ..self.response(id, head) }).await;
+        }
+        // Split one large response into fragments, each marked but the last.
+        let mut chunk = Vec::new();
+        let mut size = 0;
+        let total = events.len();
+        for (i, event) in events.into_iter().enumerate() {
+            size += event.encoded_len();
+            chunk.push(event);
+            if size >= limit || i + 1 == total {
+                let last = i + 1 == total;
+                let response = WatchResponse {
+                    events: std::mem::take(&mut chunk),
+                    fragment: !last,
+                    ..self.response(id, head)
+                };
+                self.send(response).await?;
+                size = 0;
+            }
+        }
+        Ok(())
+    }
+
+    async fn progress_tick(&mut self) -> Result<(), Gone> {
+        let head = self.node.watch_hub.revision();
+        let mut due = Vec::new();
+        for (id, watcher) in self.watchers.iter_mut() {
+            if watcher.progress_notify && watcher.next > head && !watcher.sent_recently {
+                due.push(*id);
+            }
+            watcher.sent_recently = false;
+        }
+        for id in due {
+            self.send(self.response(id, head)).await?;
+        }
+        Ok(())
+    }
+}
