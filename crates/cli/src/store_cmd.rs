@@ -137,20 +137,6 @@ impl StoreArgs {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("x5s").is_err());
-        assert!(parse_duration("99999999999999999h").is_err());
-    }
-}
-
 /// Resolves when the process is asked to stop (SIGTERM or SIGINT).
 pub async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -171,4 +157,18 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
     let config = args.to_config().context("invalid flags")?;
     store::run(config, stop_signal()).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("x5s").is_err());
+        assert!(parse_duration("99999999999999999h").is_err());
+    }
 }
