@@ -4,7 +4,8 @@
 
 use etcd_proto::etcdserverpb::{
     request_op, response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    PutRequest, PutResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    LeaseGrantRequest, LeaseRevokeRequest, PutRequest, PutResponse, RequestOp, ResponseHeader, ResponseOp,
+    TxnRequest, TxnResponse,
 };
 use etcd_proto::fivefoldpb::{command, command_response, ApplyError, Command, CommandResponse, Empty};
 use etcd_proto::mvccpb::{event, Event, KeyValue};
@@ -13,6 +14,7 @@ use redb::{Durability, ReadableTable, Table, WriteTransaction};
 
 use crate::encoding::{row_key, split_row_key, Version};
 use crate::error::{MvccError, StorageError};
+use crate::lease::{self, LeaseChange, LEASES, LEASE_KEYS};
 use crate::read::{self, for_each_live, live_at, ReadView};
 use crate::span::Span;
 use crate::store::{MvccStore, KV, MEMBERS, META, META_COMPACT, META_REVISION, REVS};
@@ -28,6 +30,7 @@ pub struct ApplyBatch<'s> {
     compacted: i64,
     /// Every change of the batch, in revision order, for watchers.
     events: Vec<Event>,
+    lease_changes: Vec<LeaseChange>,
 }
 
 /// What a committed batch changed.
@@ -39,6 +42,8 @@ pub struct Committed {
     pub compacted: i64,
     /// Every change, in revision order; a revision's events are contiguous.
     pub events: Vec<Event>,
+    /// Leases granted and revoked, in order.
+    pub lease_changes: Vec<LeaseChange>,
 }
 
 /// How a path through a Txn was decided: the compare outcome of a Txn and of the
@@ -52,7 +57,7 @@ impl<'s> ApplyBatch<'s> {
     pub(crate) fn begin(store: &'s MvccStore) -> Result<ApplyBatch<'s>, StorageError> {
         let txn = store.db.begin_write()?;
         let (revision, compacted) = crate::store::read_revisions(&txn.open_table(META)?)?;
-        Ok(ApplyBatch { store, txn, revision, compacted, events: Vec::new() })
+        Ok(ApplyBatch { store, txn, revision, compacted, events: Vec::new(), lease_changes: Vec::new() })
     }
 
     /// The store revision as of the commands applied so far.
@@ -75,6 +80,8 @@ impl<'s> ApplyBatch<'s> {
                 members.insert(attrs.member_id, attrs.encode_to_vec().as_slice())?;
                 Ok(command_response::Kind::Empty(Empty {}))
             }
+            Some(command::Kind::LeaseGrant(req)) => self.lease_grant(req),
+            Some(command::Kind::LeaseRevoke(req)) => self.lease_revoke(req),
             None => Err(KvError::Request(MvccError::InvalidRequest("empty command".into()))),
         };
         let kind = match result {
@@ -91,6 +98,7 @@ impl<'s> ApplyBatch<'s> {
             "a command takes a revision exactly when it changes a key"
         );
         if self.revision == before + 1 {
+            lease::index_events(&mut self.txn.open_table(LEASE_KEYS)?, &self.events[events_before..])?;
             let keys: Vec<&[u8]> = self.events[events_before..]
                 .iter()
                 .map(|e| e.kv.as_ref().map_or(&[][..], |kv| kv.key.as_slice()))
@@ -123,7 +131,12 @@ impl<'s> ApplyBatch<'s> {
         self.txn.set_durability(durability)?;
         self.txn.commit()?;
         self.store.note_commit(self.revision, durable);
-        Ok(Committed { revision: self.revision, compacted: self.compacted, events: self.events })
+        Ok(Committed {
+            revision: self.revision,
+            compacted: self.compacted,
+            events: self.events,
+            lease_changes: self.lease_changes,
+        })
     }
 
     fn pending(&self) -> u64 {
@@ -134,7 +147,7 @@ impl<'s> ApplyBatch<'s> {
         crate::validate::check_put(req)?;
         let rev = self.pending();
         let mut kv = self.txn.open_table(KV)?;
-        check_put_state(&kv, req)?;
+        check_put_state(&kv, &self.txn.open_table(LEASES)?, req)?;
         let resp = put(&mut kv, req, rev, &mut self.events)?;
         self.revision += 1;
         Ok(command_response::Kind::Put(PutResponse { header: Some(self.header()), ..resp }))
@@ -156,7 +169,7 @@ impl<'s> ApplyBatch<'s> {
         let mut kv = self.txn.open_table(KV)?;
         let path = decide_path(&kv, req)?;
         let view = ReadView { current: self.revision, compacted: self.compacted };
-        check_path(&kv, req, &path, view)?;
+        check_path(&kv, &self.txn.open_table(LEASES)?, req, &path, view)?;
         let mut exec = Exec { rev: self.pending(), changed: false, view, events: &mut self.events };
         let mut resp = exec.txn(&mut kv, req, &path)?;
         if exec.changed {
@@ -164,6 +177,37 @@ impl<'s> ApplyBatch<'s> {
         }
         resp.header = Some(self.header());
         Ok(command_response::Kind::Txn(resp))
+    }
+
+    fn lease_grant(&mut self, req: &LeaseGrantRequest) -> Result<command_response::Kind, KvError> {
+        let (mut resp, change) = lease::grant(&mut self.txn.open_table(LEASES)?, req)?;
+        self.lease_changes.push(change);
+        resp.header = Some(self.header());
+        Ok(command_response::Kind::LeaseGrant(resp))
+    }
+
+    /// Revokes a lease: its keys are deleted in one revision, then the lease.
+    fn lease_revoke(&mut self, req: &LeaseRevokeRequest) -> Result<command_response::Kind, KvError> {
+        let mut leases = self.txn.open_table(LEASES)?;
+        if !lease::lease_exists(&leases, req.id)? {
+            return Err(MvccError::LeaseNotFound.into());
+        }
+        let mut lease_keys = self.txn.open_table(LEASE_KEYS)?;
+        let keys = lease::keys_of(&lease_keys, req.id)?;
+        let rev = self.pending();
+        let mut kv = self.txn.open_table(KV)?;
+        let mut deleted = 0;
+        for key in keys {
+            let del = DeleteRangeRequest { key, ..Default::default() };
+            deleted += delete_range(&mut kv, &del, rev, &mut self.events)?.deleted;
+        }
+        let (mut resp, change) = lease::forget(&mut leases, &mut lease_keys, req)?;
+        if deleted > 0 {
+            self.revision += 1;
+        }
+        self.lease_changes.push(change);
+        resp.header = Some(self.header());
+        Ok(command_response::Kind::LeaseRevoke(resp))
     }
 
     fn compact(&mut self, req: &CompactionRequest) -> Result<command_response::Kind, KvError> {
@@ -192,12 +236,13 @@ impl<'s> ApplyBatch<'s> {
 /// must exist (none does until leases are implemented).
 fn check_put_state(
     kv: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    leases: &impl ReadableTable<i64, &'static [u8]>,
     req: &PutRequest,
 ) -> Result<(), KvError> {
     if (req.ignore_value || req.ignore_lease) && live_at(kv, &req.key, u64::MAX)?.is_none() {
         return Err(MvccError::KeyNotFound.into());
     }
-    if req.lease != 0 {
+    if req.lease != 0 && !lease::lease_exists(leases, req.lease)? {
         return Err(MvccError::LeaseNotFound.into());
     }
     Ok(())
@@ -279,7 +324,13 @@ fn decide_path(kv: &impl read::Rows, req: &TxnRequest) -> Result<Path, StorageEr
 
 /// Checks the ops on the taken path against the state before the Txn, so that a
 /// Txn that fails does so before its first write.
-fn check_path(kv: &impl read::Rows, req: &TxnRequest, path: &Path, view: ReadView) -> Result<(), KvError> {
+fn check_path(
+    kv: &impl read::Rows,
+    leases: &impl ReadableTable<i64, &'static [u8]>,
+    req: &TxnRequest,
+    path: &Path,
+    view: ReadView,
+) -> Result<(), KvError> {
     let ops = if path.succeeded { &req.success } else { &req.failure };
     let mut nested = path.nested.iter();
     for op in ops {
@@ -292,10 +343,10 @@ fn check_path(kv: &impl read::Rows, req: &TxnRequest, path: &Path, view: ReadVie
                     return Err(MvccError::Compacted.into());
                 }
             }
-            Some(request_op::Request::RequestPut(p)) => check_put_state(kv, p)?,
+            Some(request_op::Request::RequestPut(p)) => check_put_state(kv, leases, p)?,
             Some(request_op::Request::RequestTxn(t)) => {
                 let sub = nested.next().expect("a decided path has a node for each nested txn");
-                check_path(kv, t, sub, view)?;
+                check_path(kv, leases, t, sub, view)?;
             }
             Some(request_op::Request::RequestDeleteRange(_)) | None => {}
         }

@@ -31,6 +31,10 @@ pub enum MvccError {
     RequestTooLarge,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("etcdserver: key not found")]
     KeyNotFound,
     #[error("etcdserver: value is provided")]
@@ -48,7 +52,10 @@ pub enum MvccError {
 impl MvccError {
     pub fn code(&self) -> GrpcCode {
         match self {
-            MvccError::Compacted | MvccError::FutureRevision => GrpcCode::OutOfRange,
+            MvccError::Compacted | MvccError::FutureRevision | MvccError::LeaseTtlTooLarge => {
+                GrpcCode::OutOfRange
+            }
+            MvccError::LeaseExists => GrpcCode::FailedPrecondition,
             MvccError::LeaseNotFound => GrpcCode::NotFound,
             MvccError::NoSpace => GrpcCode::ResourceExhausted,
             MvccError::EmptyKey
@@ -73,6 +80,8 @@ impl MvccError {
             MvccError::TooManyOps,
             MvccError::RequestTooLarge,
             MvccError::LeaseNotFound,
+            MvccError::LeaseExists,
+            MvccError::LeaseTtlTooLarge,
             MvccError::KeyNotFound,
             MvccError::ValueProvided,
             MvccError::LeaseProvided,

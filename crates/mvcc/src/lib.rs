@@ -17,12 +17,14 @@
 //! Modules: `encoding` (row layout), `span` (key ranges), `validate`
 //! (stateless request checks), `read` (range, compare), `apply` (the write
 //! path, which also yields the events of each change), `history` (past
-//! changes in revision order, for watchers), `snapshot` (export and install), `store` (the database).
+//! changes in revision order, for watchers), `lease` (leases and the keys
+//! they hold; expiry timing is not here), `snapshot` (export and install), `store` (the database).
 
 pub mod apply;
 pub mod encoding;
 pub mod error;
 pub mod history;
+pub mod lease;
 pub mod limits;
 pub mod read;
 pub mod snapshot;
@@ -32,6 +34,7 @@ pub mod validate;
 
 pub use apply::{ApplyBatch, Committed};
 pub use error::{GrpcCode, MvccError, StorageError};
+pub use lease::LeaseChange;
 pub use store::{MvccStore, META_EXTERNAL_PREFIX};
 
 /// A read or apply failure: a client error, or an engine failure.

@@ -15,3 +15,6 @@ pub const REVISION_INITIAL: i64 = 1;
 
 /// The compacted revision of a store that was never compacted.
 pub const COMPACT_REVISION_NONE: i64 = -1;
+
+/// etcd's largest lease TTL, in seconds.
+pub const LEASE_TTL_MAX_SECONDS: i64 = 9_000_000_000;

@@ -10,6 +10,7 @@ use std::io::{Read, Write};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::error::StorageError;
+use crate::lease::{LEASES, LEASE_KEYS};
 use crate::store::{MvccStore, KV, MEMBERS, META, REVS};
 
 const MAGIC: &[u8] = b"FIVEFOLD-MVCC-SNAPSHOT-1\n";
@@ -17,6 +18,8 @@ const TAG_KV: u8 = 1;
 const TAG_META: u8 = 2;
 const TAG_MEMBER: u8 = 3;
 const TAG_REV: u8 = 4;
+const TAG_LEASE: u8 = 5;
+const TAG_LEASE_KEY: u8 = 6;
 const TAG_END: u8 = 0xFF;
 /// No single record field may claim more than this (a corrupt length must not
 /// make the reader allocate without bound).
@@ -110,6 +113,14 @@ impl MvccStore {
             let (k, v) = row?;
             w.record(TAG_REV, &k.value().to_be_bytes(), v.value())?;
         }
+        for row in txn.open_table(LEASES)?.iter()? {
+            let (k, v) = row?;
+            w.record(TAG_LEASE, &k.value().to_be_bytes(), v.value())?;
+        }
+        for row in txn.open_table(LEASE_KEYS)?.iter()? {
+            let (k, v) = row?;
+            w.record(TAG_LEASE_KEY, k.value(), v.value())?;
+        }
         w.put(&[TAG_END])?;
         let crc = w.crc.clone().finalize();
         w.inner.write_all(&crc.to_le_bytes())?;
@@ -129,12 +140,16 @@ impl MvccStore {
         clear(&txn, META)?;
         clear(&txn, MEMBERS)?;
         clear(&txn, REVS)?;
+        clear(&txn, LEASES)?;
+        clear(&txn, LEASE_KEYS)?;
         let mut rows = 0;
         {
             let mut kv = txn.open_table(KV)?;
             let mut meta = txn.open_table(META)?;
             let mut members = txn.open_table(MEMBERS)?;
             let mut revs = txn.open_table(REVS)?;
+            let mut leases = txn.open_table(LEASES)?;
+            let mut lease_keys = txn.open_table(LEASE_KEYS)?;
             loop {
                 let tag = r.take(1)?[0];
                 if tag == TAG_END {
@@ -163,6 +178,15 @@ impl MvccStore {
                             .try_into()
                             .map_err(|_| StorageError("snapshot revision is not 8 bytes".into()))?;
                         revs.insert(u64::from_be_bytes(rev), value.as_slice())?;
+                    }
+                    TAG_LEASE => {
+                        let id: [u8; 8] = key
+                            .try_into()
+                            .map_err(|_| StorageError("snapshot lease id is not 8 bytes".into()))?;
+                        leases.insert(i64::from_be_bytes(id), value.as_slice())?;
+                    }
+                    TAG_LEASE_KEY => {
+                        lease_keys.insert(key.as_slice(), value.as_slice())?;
                     }
                     other => return Err(StorageError(format!("unknown snapshot record tag {other}"))),
                 }

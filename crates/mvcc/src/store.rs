@@ -72,6 +72,8 @@ impl MvccStore {
             txn.open_table(KV)?;
             txn.open_table(META)?;
             txn.open_table(REVS)?;
+            txn.open_table(crate::lease::LEASES)?;
+            txn.open_table(crate::lease::LEASE_KEYS)?;
             txn.open_table(MEMBERS)?;
             txn.commit()?;
         }

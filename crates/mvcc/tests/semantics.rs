@@ -297,3 +297,60 @@ fn changes_are_events_in_memory_and_on_disk() {
     assert!(matches!(store.history(2, 3, 100), Err(mvcc::KvError::Request(MvccError::Compacted))));
     assert_eq!(store.history(3, 3, 100).unwrap().next, 4);
 }
+
+#[test]
+fn leases_hold_keys_and_revoke_deletes_them_in_one_revision() {
+    use etcd_proto::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
+    let (_dir, store) = open();
+    let grant = |id: i64| apply(&store, command::Kind::LeaseGrant(LeaseGrantRequest { ttl: 10, id }));
+    assert_eq!(error_of(&grant(7)), None);
+    assert_eq!(error_of(&grant(7)).as_deref(), Some("etcdserver: lease already exists"));
+    assert_eq!(grant(8).revision, 1, "a grant takes no revision");
+    let put_leased = |key: &str, lease: i64| {
+        apply(
+            &store,
+            command::Kind::Put(PutRequest {
+                key: key.into(),
+                value: "v".into(),
+                lease,
+                ..Default::default()
+            }),
+        )
+    };
+    put_leased("a", 7); // rev 2
+    put_leased("b", 7); // rev 3
+    put_leased("c", 8); // rev 4
+    put_leased("b", 8); // rev 5: b moves to lease 8
+    assert_eq!(store.lease(7).unwrap().unwrap().1, [b"a".to_vec()]);
+    assert_eq!(store.lease(8).unwrap().unwrap().1, [b"b".to_vec(), b"c".to_vec()]);
+    assert_eq!(error_of(&put_leased("x", 99)).as_deref(), Some("etcdserver: requested lease not found"));
+
+    // A snapshot carries leases and their keys.
+    let mut bytes = Vec::new();
+    store.write_snapshot(&mut bytes).unwrap();
+    let (_dir2, copy) = open();
+    copy.install_snapshot(bytes.as_slice()).unwrap();
+    assert_eq!(copy.leases().unwrap(), [(7, 10), (8, 10)]);
+
+    let mut batch = store.begin_apply().unwrap();
+    let resp = batch
+        .apply(&Command { kind: Some(command::Kind::LeaseRevoke(LeaseRevokeRequest { id: 8 })) })
+        .unwrap();
+    let committed = batch.commit(false).unwrap();
+    assert_eq!(resp.revision, 6);
+    let deleted: Vec<(&[u8], i64)> = committed
+        .events
+        .iter()
+        .map(|e| (e.kv.as_ref().unwrap().key.as_slice(), e.kv.as_ref().unwrap().mod_revision))
+        .collect();
+    assert_eq!(deleted, [(&b"b"[..], 6), (b"c", 6)]);
+    assert_eq!(committed.lease_changes, [mvcc::LeaseChange::Revoked { id: 8 }]);
+    assert_eq!(get(&store, "b", 0).unwrap(), None);
+    assert_eq!(get(&store, "a", 0).unwrap().as_deref(), Some("v"));
+    assert!(store.lease(8).unwrap().is_none());
+    let again = apply(&store, command::Kind::LeaseRevoke(LeaseRevokeRequest { id: 8 }));
+    assert_eq!(error_of(&again).as_deref(), Some("etcdserver: requested lease not found"));
+    // Deleting a leased key removes it from the lease.
+    apply(&store, command::Kind::DeleteRange(DeleteRangeRequest { key: "a".into(), ..Default::default() }));
+    assert!(store.lease(7).unwrap().unwrap().1.is_empty());
+}

@@ -21,6 +21,8 @@ pub mod cluster_service;
 pub mod config;
 pub mod grpc_status;
 pub mod kv_service;
+pub mod lease_service;
+pub mod lessor;
 pub mod log_store;
 pub mod maintenance_service;
 pub mod network;

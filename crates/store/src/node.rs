@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_proto::etcdserverpb::ResponseHeader;
+use etcd_proto::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    ResponseHeader,
+};
 use etcd_proto::fivefoldpb::peer_client::PeerClient;
 use etcd_proto::fivefoldpb::{
     command, command_response, Command, CommandResponse, MemberAttributes, ProposeRequest, ReadIndexRequest,
@@ -20,6 +23,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::config::StoreConfig;
+use crate::lessor::Lessor;
 use crate::network::PeerChannels;
 use crate::types::{Member, NodeId, Raft, Request};
 use crate::watch_hub::WatchHub;
@@ -38,6 +42,7 @@ pub struct StoreNode {
     pub cluster_id: u64,
     pub config: StoreConfig,
     pub watch_hub: Arc<WatchHub>,
+    pub lessor: Arc<Lessor>,
     peers: PeerChannels,
 }
 
@@ -61,6 +66,7 @@ impl StoreNode {
         raft: Raft,
         mvcc: Arc<MvccStore>,
         watch_hub: Arc<WatchHub>,
+        lessor: Arc<Lessor>,
         config: StoreConfig,
         peers: PeerChannels,
     ) -> StoreNode {
@@ -70,6 +76,7 @@ impl StoreNode {
             raft,
             mvcc,
             watch_hub,
+            lessor,
             config,
             peers,
         }
@@ -305,6 +312,143 @@ impl StoreNode {
             Ok(()) => Ok(()),
             Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
             Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+}
+
+impl StoreNode {
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.member_id)
+    }
+
+    /// Runs a leader-only call: here when this member leads, else on the
+    /// leader through the peer service; retried when leadership moves.
+    async fn on_leader<T, Here, Remote, Fut>(&self, here: Here, remote: Remote) -> Result<T, Status>
+    where
+        Here: Fn() -> Result<T, Status>,
+        Remote: Fn(PeerClient<Channel>, Instant) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + self.config.request_timeout;
+        loop {
+            let (leader_id, leader) = self.leader(deadline).await?;
+            let result = if leader_id == self.member_id {
+                here()
+            } else {
+                let url = leader.peer_urls.first().ok_or_else(|| Status::unavailable(NO_LEADER))?;
+                match remote(self.peer(url)?, deadline).await {
+                    Err(status) if status.message() != NOT_LEADER && status.code() == Code::Unavailable => {
+                        tracing::debug!(%status, leader = %leader, "leader call failed");
+                        Err(Status::unavailable(NOT_LEADER))
+                    }
+                    other => other,
+                }
+            };
+            match result {
+                Err(status) if status.message() == NOT_LEADER => {
+                    self.leadership_change(Some(leader_id), deadline).await;
+                    if Instant::now() >= deadline {
+                        return Err(Status::unavailable(REQUEST_TIMED_OUT));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A keep-alive, answered by the leader. An unknown lease gets TTL 0, as in etcd.
+    pub async fn lease_renew(&self, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
+        self.on_leader(
+            || self.lease_renew_here(id),
+            |mut client, deadline| async move {
+                let mut request = tonic::Request::new(LeaseKeepAliveRequest { id });
+                request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+                client.lease_renew(request).await.map(|r| r.into_inner())
+            },
+        )
+        .await
+    }
+
+    pub fn lease_renew_here(&self, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
+        if !self.is_leader() {
+            return Err(Status::unavailable(NOT_LEADER));
+        }
+        let ttl = self.lessor.renew(id).unwrap_or(0);
+        Ok(LeaseKeepAliveResponse { header: Some(self.header(self.mvcc.revision())), id, ttl })
+    }
+
+    /// A lease's remaining and granted TTL (and keys), answered by the leader.
+    pub async fn lease_time_to_live(
+        &self,
+        req: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse, Status> {
+        self.on_leader(
+            || self.lease_time_to_live_here(&req),
+            |mut client, deadline| {
+                let req = req.clone();
+                async move {
+                    let mut request = tonic::Request::new(req);
+                    request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+                    client.lease_time_to_live(request).await.map(|r| r.into_inner())
+                }
+            },
+        )
+        .await
+    }
+
+    pub fn lease_time_to_live_here(
+        &self,
+        req: &LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse, Status> {
+        if !self.is_leader() {
+            return Err(Status::unavailable(NOT_LEADER));
+        }
+        let header = Some(self.header(self.mvcc.revision()));
+        let stored = self.mvcc.lease(req.id).map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
+        let (Some(remaining), Some((granted, keys))) = (self.lessor.remaining(req.id), stored) else {
+            // etcd answers an unknown lease with TTL -1, not an error.
+            return Ok(LeaseTimeToLiveResponse { header, id: req.id, ttl: -1, ..Default::default() });
+        };
+        Ok(LeaseTimeToLiveResponse {
+            header,
+            id: req.id,
+            ttl: remaining.as_secs() as i64,
+            granted_ttl: granted,
+            keys: if req.keys { keys } else { Vec::new() },
+        })
+    }
+
+    /// The leader's lease clock: on becoming leader every lease gets a full TTL
+    /// plus an election timeout; while leader, expired leases are revoked
+    /// through the log. Runs until the member stops.
+    pub async fn run_lease_expiry(self: Arc<Self>) {
+        let mut was_leader = false;
+        let mut ticker = tokio::time::interval(crate::lessor::LEASE_CHECK_INTERVAL);
+        loop {
+            ticker.tick().await;
+            let leader = self.is_leader();
+            if leader && !was_leader {
+                self.lessor.promote(self.config.election_timeout);
+                tracing::info!("became leader: lease deadlines extended by the election timeout");
+            }
+            was_leader = leader;
+            if !leader {
+                continue;
+            }
+            let expired = self
+                .lessor
+                .take_expired(crate::lessor::LEASE_REVOKES_PER_CHECK_MAX, self.config.request_timeout);
+            for id in expired {
+                let node = self.clone();
+                tokio::spawn(async move {
+                    let revoke = etcd_proto::etcdserverpb::LeaseRevokeRequest { id };
+                    let command = Command { kind: Some(command::Kind::LeaseRevoke(revoke)) };
+                    match node.propose(command).await {
+                        Ok(_) => tracing::info!(lease = id, "lease expired and revoked"),
+                        Err(status) => tracing::debug!(lease = id, %status, "revoking an expired lease"),
+                    }
+                });
+            }
         }
     }
 }

@@ -52,6 +52,20 @@ impl Peer for PeerService {
         Ok(Response::new(ProposeResponse { response: Some(response) }))
     }
 
+    async fn lease_renew(
+        &self,
+        request: Request<etcd_proto::etcdserverpb::LeaseKeepAliveRequest>,
+    ) -> Result<Response<etcd_proto::etcdserverpb::LeaseKeepAliveResponse>, Status> {
+        Ok(Response::new(self.node.lease_renew_here(request.get_ref().id)?))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<etcd_proto::etcdserverpb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<etcd_proto::etcdserverpb::LeaseTimeToLiveResponse>, Status> {
+        Ok(Response::new(self.node.lease_time_to_live_here(request.get_ref())?))
+    }
+
     async fn read_index(
         &self,
         _request: Request<ReadIndexRequest>,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use etcd_proto::etcdserverpb::cluster_server::ClusterServer;
 use etcd_proto::etcdserverpb::kv_server::KvServer;
+use etcd_proto::etcdserverpb::lease_server::LeaseServer;
 use etcd_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use etcd_proto::etcdserverpb::watch_server::WatchServer;
 use etcd_proto::fivefoldpb::peer_server::PeerServer;
@@ -19,6 +20,8 @@ use tonic::transport::server::TcpIncoming;
 use crate::cluster_service::ClusterService;
 use crate::config::{parse_url, ClusterState, StoreConfig, GRPC_OVERHEAD_BYTES};
 use crate::kv_service::KvService;
+use crate::lease_service::LeaseService;
+use crate::lessor::Lessor;
 use crate::log_store::LogStore;
 use crate::maintenance_service::MaintenanceService;
 use crate::network::{Network, PEER_MESSAGE_BYTES_MAX};
@@ -100,14 +103,16 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
         MvccStore::open(&data_dir.join("mvcc.redb")).map_err(|e| ServerError::Storage(e.to_string()))?,
     );
     let watch_hub = Arc::new(WatchHub::new(mvcc.revision()));
-    let state_machine = StateMachine::new(mvcc.clone(), watch_hub.clone(), &data_dir.join("snap"))
-        .map_err(|source| ServerError::DataDir { path: data_dir.display().to_string(), source })?;
+    let lessor = Arc::new(Lessor::new(config.member_id()));
+    let state_machine =
+        StateMachine::new(mvcc.clone(), watch_hub.clone(), lessor.clone(), &data_dir.join("snap"))
+            .map_err(|source| ServerError::DataDir { path: data_dir.display().to_string(), source })?;
     let network = Network::default();
     let channels = network.channels.clone();
     let raft = Raft::new(config.member_id(), Arc::new(raft_config(&config)?), network, log, state_machine)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
-    let node = Arc::new(StoreNode::new(raft, mvcc.clone(), watch_hub, config.clone(), channels));
+    let node = Arc::new(StoreNode::new(raft, mvcc.clone(), watch_hub, lessor, config.clone(), channels));
     tracing::info!(
         name = %config.name, member_id = format_args!("{:x}", node.member_id),
         cluster_id = format_args!("{:x}", node.cluster_id), city = %config.city, dc = %config.dc,
@@ -145,6 +150,8 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
             progress_notify_interval: config.watch_progress_notify_interval,
         })
         .max_decoding_message_size(decode_max);
+        let lease =
+            LeaseServer::new(LeaseService { node: node.clone() }).max_decoding_message_size(decode_max);
         let signal = stopped(stop_rx.clone());
         servers.spawn(async move {
             tracing::info!(%url, "serving clients");
@@ -154,6 +161,7 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
                 .add_service(maintenance)
                 .add_service(cluster)
                 .add_service(watch)
+                .add_service(lease)
                 .serve_with_incoming_shutdown(incoming(listener), signal)
                 .await
                 .map_err(|source| ServerError::Serve { what: "clients", source })
@@ -164,6 +172,7 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
         node.bootstrap().await.map_err(|e| ServerError::Raft(e.message().to_string()))?;
     }
     let publisher = tokio::spawn(node.clone().publish_attributes());
+    let lease_clock = tokio::spawn(node.clone().run_lease_expiry());
 
     let outcome = tokio::select! {
         () = shutdown => Ok(()),
@@ -175,6 +184,7 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
     };
     tracing::info!("member stopping");
     publisher.abort();
+    lease_clock.abort();
     let _ = stop_tx.send(true);
     while servers.join_next().await.is_some() {}
     if let Err(e) = node.raft.shutdown().await {

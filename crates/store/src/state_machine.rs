@@ -17,6 +17,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
 use serde::de::DeserializeOwned;
 
+use crate::lessor::Lessor;
 use crate::types::{
     Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -50,6 +51,7 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
 pub struct StateMachine {
     mvcc: Arc<MvccStore>,
     watch_hub: Arc<WatchHub>,
+    lessor: Arc<Lessor>,
     snapshot_dir: PathBuf,
     last_durable: Instant,
 }
@@ -58,12 +60,16 @@ impl StateMachine {
     pub fn new(
         mvcc: Arc<MvccStore>,
         watch_hub: Arc<WatchHub>,
+        lessor: Arc<Lessor>,
         snapshot_dir: &Path,
     ) -> Result<StateMachine, std::io::Error> {
         std::fs::create_dir_all(snapshot_dir)?;
+        let leases = mvcc.leases().map_err(|e| std::io::Error::other(e.to_string()))?;
+        lessor.load(&leases);
         Ok(StateMachine {
             mvcc,
             watch_hub,
+            lessor,
             snapshot_dir: snapshot_dir.to_path_buf(),
             last_durable: Instant::now(),
         })
@@ -181,6 +187,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             let committed = batch.commit(durable).map_err(|e| sm_error(ErrorVerb::Write, e))?;
             // Watchers see a change only once it is committed to the engine.
+            self.lessor.apply(&committed.lease_changes);
             self.watch_hub.publish(committed.events, committed.revision);
             Ok::<_, StorageError>(responses)
         })?;
@@ -219,6 +226,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             batch.commit(true).map_err(|e| sm_error(ErrorVerb::Write, e))?;
             save_snapshot(&self.snapshot_dir, meta, &data)?;
             self.watch_hub.reset(self.mvcc.revision());
+            self.lessor.load(&self.mvcc.leases().map_err(|e| sm_error(ErrorVerb::Read, e))?);
             tracing::info!(last_log_id = ?meta.last_log_id, rows = summary.rows, "installed snapshot");
             Ok(())
         })

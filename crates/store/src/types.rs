@@ -64,6 +64,8 @@ impl fmt::Display for Request {
             Some(Kind::Txn(_)) => "txn",
             Some(Kind::Compaction(_)) => "compaction",
             Some(Kind::MemberAttributes(_)) => "member_attributes",
+            Some(Kind::LeaseGrant(_)) => "lease_grant",
+            Some(Kind::LeaseRevoke(_)) => "lease_revoke",
             None => "empty",
         };
         f.write_str(kind)
