@@ -21,6 +21,14 @@ pub(crate) const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("lea
 /// `lease id (8 bytes, big-endian) ++ key` for every key a lease holds.
 pub(crate) const LEASE_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("lease_keys");
 
+/// A lease as the replicated state holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRecord {
+    pub granted_ttl_seconds: i64,
+    /// The keys attached to the lease, in key order.
+    pub keys: Vec<Vec<u8>>,
+}
+
 /// A change to the set of leases, reported to the lessor after commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseChange {
@@ -134,12 +142,12 @@ impl MvccStore {
     }
 
     /// A lease's granted TTL and its keys, if it exists.
-    pub fn lease(&self, id: i64) -> Result<Option<(i64, Vec<Vec<u8>>)>, StorageError> {
+    pub fn lease(&self, id: i64) -> Result<Option<LeaseRecord>, StorageError> {
         let txn = self.db.begin_read()?;
         let leases = txn.open_table(LEASES)?;
         let Some(ttl) = leases.get(id)? else { return Ok(None) };
-        let ttl = decode_ttl(ttl.value())?;
+        let granted_ttl_seconds = decode_ttl(ttl.value())?;
         let keys = keys_of(&txn.open_table(LEASE_KEYS)?, id)?;
-        Ok(Some((ttl, keys)))
+        Ok(Some(LeaseRecord { granted_ttl_seconds, keys }))
     }
 }

@@ -321,8 +321,8 @@ fn leases_hold_keys_and_revoke_deletes_them_in_one_revision() {
     put_leased("b", 7); // rev 3
     put_leased("c", 8); // rev 4
     put_leased("b", 8); // rev 5: b moves to lease 8
-    assert_eq!(store.lease(7).unwrap().unwrap().1, [b"a".to_vec()]);
-    assert_eq!(store.lease(8).unwrap().unwrap().1, [b"b".to_vec(), b"c".to_vec()]);
+    assert_eq!(store.lease(7).unwrap().unwrap().keys, [b"a".to_vec()]);
+    assert_eq!(store.lease(8).unwrap().unwrap().keys, [b"b".to_vec(), b"c".to_vec()]);
     assert_eq!(error_of(&put_leased("x", 99)).as_deref(), Some("etcdserver: requested lease not found"));
 
     // A snapshot carries leases and their keys.
@@ -352,5 +352,5 @@ fn leases_hold_keys_and_revoke_deletes_them_in_one_revision() {
     assert_eq!(error_of(&again).as_deref(), Some("etcdserver: requested lease not found"));
     // Deleting a leased key removes it from the lease.
     apply(&store, command::Kind::DeleteRange(DeleteRangeRequest { key: "a".into(), ..Default::default() }));
-    assert!(store.lease(7).unwrap().unwrap().1.is_empty());
+    assert!(store.lease(7).unwrap().unwrap().keys.is_empty());
 }

@@ -405,7 +405,7 @@ impl StoreNode {
         }
         let header = Some(self.header(self.mvcc.revision()));
         let stored = self.mvcc.lease(req.id).map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
-        let (Some(remaining), Some((granted, keys))) = (self.lessor.remaining(req.id), stored) else {
+        let (Some(remaining), Some(record)) = (self.lessor.remaining(req.id), stored) else {
             // etcd answers an unknown lease with TTL -1, not an error.
             return Ok(LeaseTimeToLiveResponse { header, id: req.id, ttl: -1, ..Default::default() });
         };
@@ -413,8 +413,8 @@ impl StoreNode {
             header,
             id: req.id,
             ttl: remaining.as_secs() as i64,
-            granted_ttl: granted,
-            keys: if req.keys { keys } else { Vec::new() },
+            granted_ttl: record.granted_ttl_seconds,
+            keys: if req.keys { record.keys } else { Vec::new() },
         })
     }
 
