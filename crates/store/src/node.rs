@@ -384,13 +384,10 @@ impl StoreNode {
     ) -> Result<LeaseTimeToLiveResponse, Status> {
         self.on_leader(
             || self.lease_time_to_live_here(&req),
-            |mut client, deadline| {
-                let req = req.clone();
-                async move {
-                    let mut request = tonic::Request::new(req);
-                    request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-                    client.lease_time_to_live(request).await.map(|r| r.into_inner())
-                }
+            |mut client, deadline| async move {
+                let mut request = tonic::Request::new(req);
+                request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+                client.lease_time_to_live(request).await.map(|r| r.into_inner())
             },
         )
         .await
