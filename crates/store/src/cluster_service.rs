@@ -1,10 +1,16 @@
-//! `etcdserverpb.Cluster`: MemberList. Membership changes come with the
-//! membership work and answer Unimplemented until then.
+//! `etcdserverpb.Cluster`: MemberList, MemberAdd (also as learner),
+//! MemberPromote, MemberRemove, MemberUpdate. Changes run on the leader; see
+//! `membership`.
 
 use std::sync::Arc;
 
 use etcd_proto::etcdserverpb::cluster_server::Cluster;
-use etcd_proto::etcdserverpb::{Member as PbMember, MemberListRequest, MemberListResponse};
+use etcd_proto::etcdserverpb::{
+    MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
+    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
+    MemberUpdateResponse,
+};
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::node::StoreNode;
@@ -13,8 +19,84 @@ pub struct ClusterService {
     pub node: Arc<StoreNode>,
 }
 
+fn with_deadline<T>(message: T, deadline: Instant) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    request
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
+    async fn member_add(
+        &self,
+        request: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
+        let req = request.into_inner();
+        let node = &self.node;
+        let reply = node
+            .on_leader_async(
+                || node.member_add_here(req.clone()),
+                |mut client, deadline| {
+                    let req = req.clone();
+                    async move { client.member_add(with_deadline(req, deadline)).await.map(|r| r.into_inner()) }
+                },
+            )
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn member_remove(
+        &self,
+        request: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        let req = request.into_inner();
+        let node = &self.node;
+        let reply = node
+            .on_leader_async(
+                || node.member_remove_here(req),
+                |mut client, deadline| async move {
+                    client.member_remove(with_deadline(req, deadline)).await.map(|r| r.into_inner())
+                },
+            )
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn member_update(
+        &self,
+        request: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        let req = request.into_inner();
+        let node = &self.node;
+        let reply = node
+            .on_leader_async(
+                || node.member_update_here(req.clone()),
+                |mut client, deadline| {
+                    let req = req.clone();
+                    async move { client.member_update(with_deadline(req, deadline)).await.map(|r| r.into_inner()) }
+                },
+            )
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn member_promote(
+        &self,
+        request: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        let req = request.into_inner();
+        let node = &self.node;
+        let reply = node
+            .on_leader_async(
+                || node.member_promote_here(req),
+                |mut client, deadline| async move {
+                    client.member_promote(with_deadline(req, deadline)).await.map(|r| r.into_inner())
+                },
+            )
+            .await?;
+        Ok(Response::new(reply))
+    }
+
     async fn member_list(
         &self,
         request: Request<MemberListRequest>,
@@ -22,28 +104,10 @@ impl Cluster for ClusterService {
         if request.get_ref().linearizable {
             self.node.read_barrier().await?;
         }
-        let metrics = self.node.raft.metrics().borrow().clone();
-        let mvcc = self.node.mvcc.clone();
-        let attributes = tokio::task::spawn_blocking(move || mvcc.member_attributes())
+        let node = self.node.clone();
+        let members = tokio::task::spawn_blocking(move || node.member_list())
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
-        let membership = metrics.membership_config.membership();
-        let voters: Vec<u64> = membership.voter_ids().collect();
-        let members = membership
-            .nodes()
-            .map(|(id, member)| {
-                let published = attributes.iter().find(|a| a.member_id == *id);
-                PbMember {
-                    id: *id,
-                    // etcd lists a member that has not started yet with an empty name.
-                    name: published.map(|a| a.name.clone()).unwrap_or_default(),
-                    peer_ur_ls: member.peer_urls.clone(),
-                    client_ur_ls: published.map(|a| a.client_urls.clone()).unwrap_or_default(),
-                    is_learner: !voters.contains(id),
-                }
-            })
-            .collect();
+            .map_err(|e| Status::internal(e.to_string()))??;
         Ok(Response::new(MemberListResponse {
             header: Some(self.node.header(self.node.mvcc.revision())),
             members,

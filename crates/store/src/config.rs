@@ -168,7 +168,7 @@ impl StoreConfig {
             .map(|(name, url)| {
                 let peer_urls = vec![url.clone()];
                 let id = topology::member_id(&self.initial_cluster_token, name, &peer_urls);
-                (id, Member { name: name.clone(), peer_urls })
+                (id, Member { name: name.clone(), peer_urls, promote_when_caught_up: false })
             })
             .collect()
     }

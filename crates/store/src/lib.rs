@@ -11,7 +11,8 @@
 //! store through the etcd API like any client. The MVCC semantics live in the
 //! `mvcc` crate; this crate must not re-implement them.
 //!
-//! Modules: `config` (flags, checked), `types` (Raft type config), `log_store`,
+//! Modules: `config` (flags, checked), `identity` (member and cluster ids,
+//! kept in the data dir), `membership` (Cluster API changes on openraft), `types` (Raft type config), `log_store`,
 //! `state_machine`, `network` (peer client), `peer_service`, `node` (request
 //! paths), `kv_service`, `maintenance_service`, `cluster_service`, `placement`
 //! (key → Raft group), `grpc_status` (status codes aligned with grpc-go),
@@ -20,11 +21,13 @@
 pub mod cluster_service;
 pub mod config;
 pub mod grpc_status;
+pub mod identity;
 pub mod kv_service;
 pub mod lease_service;
 pub mod lessor;
 pub mod log_store;
 pub mod maintenance_service;
+pub mod membership;
 pub mod network;
 pub mod node;
 pub mod peer_service;

@@ -23,6 +23,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::config::StoreConfig;
+use crate::identity::Identity;
 use crate::lessor::Lessor;
 use crate::network::PeerChannels;
 use crate::types::{Member, NodeId, Raft, Request};
@@ -33,7 +34,7 @@ pub const NO_LEADER: &str = "etcdserver: no leader";
 /// etcd's message when a request ran out of time.
 pub const REQUEST_TIMED_OUT: &str = "etcdserver: request timed out";
 /// Message a leader-only peer call gets from a member that is not the leader.
-const NOT_LEADER: &str = "fivefold: not the leader";
+pub const NOT_LEADER: &str = "fivefold: not the leader";
 
 pub struct StoreNode {
     pub raft: Raft,
@@ -68,11 +69,12 @@ impl StoreNode {
         watch_hub: Arc<WatchHub>,
         lessor: Arc<Lessor>,
         config: StoreConfig,
+        identity: Identity,
         peers: PeerChannels,
     ) -> StoreNode {
         StoreNode {
-            member_id: config.member_id(),
-            cluster_id: config.cluster_id(),
+            member_id: identity.member_id,
+            cluster_id: identity.cluster_id,
             raft,
             mvcc,
             watch_hub,
@@ -329,11 +331,26 @@ impl StoreNode {
         Remote: Fn(PeerClient<Channel>, Instant) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
+        self.on_leader_async(|| std::future::ready(here()), remote).await
+    }
+
+    /// `on_leader` for a call that is itself asynchronous on the leader.
+    pub async fn on_leader_async<T, Here, HereFut, Remote, Fut>(
+        &self,
+        here: Here,
+        remote: Remote,
+    ) -> Result<T, Status>
+    where
+        Here: Fn() -> HereFut,
+        HereFut: std::future::Future<Output = Result<T, Status>>,
+        Remote: Fn(PeerClient<Channel>, Instant) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
         let deadline = Instant::now() + self.config.request_timeout;
         loop {
             let (leader_id, leader) = self.leader(deadline).await?;
             let result = if leader_id == self.member_id {
-                here()
+                here().await
             } else {
                 let url = leader.peer_urls.first().ok_or_else(|| Status::unavailable(NO_LEADER))?;
                 match remote(self.peer(url)?, deadline).await {

@@ -66,6 +66,43 @@ impl Peer for PeerService {
         Ok(Response::new(self.node.lease_time_to_live_here(request.get_ref())?))
     }
 
+    async fn member_add(
+        &self,
+        request: Request<etcd_proto::etcdserverpb::MemberAddRequest>,
+    ) -> Result<Response<etcd_proto::etcdserverpb::MemberAddResponse>, Status> {
+        Ok(Response::new(self.node.member_add_here(request.into_inner()).await?))
+    }
+
+    async fn member_remove(
+        &self,
+        request: Request<etcd_proto::etcdserverpb::MemberRemoveRequest>,
+    ) -> Result<Response<etcd_proto::etcdserverpb::MemberRemoveResponse>, Status> {
+        Ok(Response::new(self.node.member_remove_here(request.into_inner()).await?))
+    }
+
+    async fn member_update(
+        &self,
+        request: Request<etcd_proto::etcdserverpb::MemberUpdateRequest>,
+    ) -> Result<Response<etcd_proto::etcdserverpb::MemberUpdateResponse>, Status> {
+        Ok(Response::new(self.node.member_update_here(request.into_inner()).await?))
+    }
+
+    async fn member_promote(
+        &self,
+        request: Request<etcd_proto::etcdserverpb::MemberPromoteRequest>,
+    ) -> Result<Response<etcd_proto::etcdserverpb::MemberPromoteResponse>, Status> {
+        Ok(Response::new(self.node.member_promote_here(request.into_inner()).await?))
+    }
+
+    async fn members(
+        &self,
+        _request: Request<etcd_proto::etcdserverpb::MemberListRequest>,
+    ) -> Result<Response<etcd_proto::etcdserverpb::MemberListResponse>, Status> {
+        let members = self.node.member_list()?;
+        let header = Some(self.node.header(self.node.mvcc.revision()));
+        Ok(Response::new(etcd_proto::etcdserverpb::MemberListResponse { header, members }))
+    }
+
     async fn read_index(
         &self,
         _request: Request<ReadIndexRequest>,

@@ -48,6 +48,8 @@ pub enum ServerError {
     Storage(String),
     #[error("raft: {0}")]
     Raft(String),
+    #[error("member identity: {0}")]
+    Identity(String),
     #[error("serving {what}: {source}")]
     Serve { what: &'static str, source: tonic::transport::Error },
 }
@@ -97,22 +99,25 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
     let peer_listeners = bind(&config.listen_peer_urls, "--listen-peer-urls").await?;
     let client_listeners = bind(&config.listen_client_urls, "--listen-client-urls").await?;
 
+    let identity =
+        crate::identity::establish(&config).await.map_err(|e| ServerError::Identity(e.to_string()))?;
     let log =
         LogStore::open(&data_dir.join("raft-log.redb")).map_err(|e| ServerError::Storage(e.to_string()))?;
     let mvcc = Arc::new(
         MvccStore::open(&data_dir.join("mvcc.redb")).map_err(|e| ServerError::Storage(e.to_string()))?,
     );
     let watch_hub = Arc::new(WatchHub::new(mvcc.revision()));
-    let lessor = Arc::new(Lessor::new(config.member_id()));
+    let lessor = Arc::new(Lessor::new(identity.member_id));
     let state_machine =
         StateMachine::new(mvcc.clone(), watch_hub.clone(), lessor.clone(), &data_dir.join("snap"))
             .map_err(|source| ServerError::DataDir { path: data_dir.display().to_string(), source })?;
     let network = Network::default();
     let channels = network.channels.clone();
-    let raft = Raft::new(config.member_id(), Arc::new(raft_config(&config)?), network, log, state_machine)
+    let raft = Raft::new(identity.member_id, Arc::new(raft_config(&config)?), network, log, state_machine)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
-    let node = Arc::new(StoreNode::new(raft, mvcc.clone(), watch_hub, lessor, config.clone(), channels));
+    let node =
+        Arc::new(StoreNode::new(raft, mvcc.clone(), watch_hub, lessor, config.clone(), identity, channels));
     tracing::info!(
         name = %config.name, member_id = format_args!("{:x}", node.member_id),
         cluster_id = format_args!("{:x}", node.cluster_id), city = %config.city, dc = %config.dc,
@@ -173,6 +178,7 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
     }
     let publisher = tokio::spawn(node.clone().publish_attributes());
     let lease_clock = tokio::spawn(node.clone().run_lease_expiry());
+    let promoter = tokio::spawn(node.clone().run_promoter());
 
     let outcome = tokio::select! {
         () = shutdown => Ok(()),
@@ -185,6 +191,7 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
     tracing::info!("member stopping");
     publisher.abort();
     lease_clock.abort();
+    promoter.abort();
     let _ = stop_tx.send(true);
     while servers.join_next().await.is_some() {}
     if let Err(e) = node.raft.shutdown().await {

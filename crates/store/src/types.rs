@@ -20,6 +20,10 @@ pub type NodeId = u64;
 pub struct Member {
     pub name: String,
     pub peer_urls: Vec<String>,
+    /// Added as a voter (etcd's MemberAdd without `--learner`): the member
+    /// joins as a learner and the leader promotes it once it has caught up,
+    /// so it never votes on entries it does not have.
+    pub promote_when_caught_up: bool,
 }
 
 impl fmt::Display for Member {
