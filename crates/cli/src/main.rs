@@ -1,6 +1,7 @@
 //! The `fivefold` binary: clap subcommands over the library crates. Only this
 //! crate reads flags and the environment; everything below takes a config.
 
+mod snapshot_cmd;
 mod store_cmd;
 mod up;
 
@@ -26,6 +27,9 @@ enum Command {
     Store(Box<store_cmd::StoreArgs>),
     /// Start a local five-member, three-city deployment on loopback.
     Up(up::UpArgs),
+    /// Snapshot tools (restore a snapshot into a new member's data dir).
+    #[command(subcommand)]
+    Snapshot(snapshot_cmd::SnapshotCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Store(args) => store_cmd::run(*args).await,
             Command::Up(args) => up::run(args).await,
+            Command::Snapshot(command) => snapshot_cmd::run(command),
         }
     })
 }

@@ -74,6 +74,48 @@ pub struct StoreArgs {
     /// (etcd's flag name; durations like 500ms, 5s, 10m).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub experimental_watch_progress_notify_interval: Duration,
+    /// Backend size in bytes past which writes are refused with a NOSPACE
+    /// alarm (0: the default, 2 GiB).
+    #[arg(long, default_value_t = 0)]
+    pub quota_backend_bytes: u64,
+    /// Automatic compaction: `periodic` (keep a time window of history) or
+    /// `revision` (keep the last N revisions). Off unless a retention is set.
+    #[arg(long, value_enum, default_value = "periodic")]
+    pub auto_compaction_mode: CompactionMode,
+    /// How much history auto compaction keeps: a duration (periodic mode;
+    /// a plain number means hours, as in etcd) or a revision count. 0: off.
+    #[arg(long, default_value = "0")]
+    pub auto_compaction_retention: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum CompactionMode {
+    Periodic,
+    Revision,
+}
+
+fn auto_compaction(
+    mode: CompactionMode,
+    retention: &str,
+) -> anyhow::Result<Option<store::config::AutoCompaction>> {
+    use store::config::AutoCompaction;
+    let plain: Option<u64> = retention.parse().ok();
+    Ok(match (mode, plain) {
+        (_, Some(0)) => None,
+        (CompactionMode::Periodic, Some(hours)) => {
+            Some(AutoCompaction::Periodic { retention: Duration::from_secs(hours * 3600) })
+        }
+        (CompactionMode::Periodic, None) => Some(AutoCompaction::Periodic {
+            retention: parse_duration(retention)
+                .map_err(|e| anyhow::anyhow!("--auto-compaction-retention: {e}"))?,
+        }),
+        (CompactionMode::Revision, Some(revisions)) => {
+            Some(AutoCompaction::Revision { revisions: revisions.min(i64::MAX as u64) as i64 })
+        }
+        (CompactionMode::Revision, None) => {
+            anyhow::bail!("--auto-compaction-retention must be a number of revisions in revision mode")
+        }
+    })
 }
 
 /// Parses a duration written as a number and a unit: ms, s, m or h.
@@ -132,6 +174,10 @@ impl StoreArgs {
         config.heartbeat_interval = Duration::from_millis(self.heartbeat_interval);
         config.election_timeout = Duration::from_millis(self.election_timeout);
         config.watch_progress_notify_interval = self.experimental_watch_progress_notify_interval;
+        if self.quota_backend_bytes > 0 {
+            config.quota_backend_bytes = self.quota_backend_bytes;
+        }
+        config.auto_compaction = auto_compaction(self.auto_compaction_mode, &self.auto_compaction_retention)?;
         config.validate()?;
         Ok(config)
     }
@@ -170,5 +216,24 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("x5s").is_err());
         assert!(parse_duration("99999999999999999h").is_err());
+    }
+
+    #[test]
+    fn auto_compaction_flags_follow_etcd() {
+        use store::config::AutoCompaction;
+        assert_eq!(auto_compaction(CompactionMode::Periodic, "0").unwrap(), None);
+        assert_eq!(
+            auto_compaction(CompactionMode::Periodic, "1").unwrap(),
+            Some(AutoCompaction::Periodic { retention: Duration::from_secs(3600) })
+        );
+        assert_eq!(
+            auto_compaction(CompactionMode::Periodic, "30s").unwrap(),
+            Some(AutoCompaction::Periodic { retention: Duration::from_secs(30) })
+        );
+        assert_eq!(
+            auto_compaction(CompactionMode::Revision, "1000").unwrap(),
+            Some(AutoCompaction::Revision { revisions: 1000 })
+        );
+        assert!(auto_compaction(CompactionMode::Revision, "1h").is_err());
     }
 }

@@ -3,9 +3,9 @@
 //! revision.
 
 use etcd_proto::etcdserverpb::{
-    request_op, response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    LeaseGrantRequest, LeaseRevokeRequest, PutRequest, PutResponse, RequestOp, ResponseHeader, ResponseOp,
-    TxnRequest, TxnResponse,
+    request_op, response_op, AlarmRequest, CompactionRequest, CompactionResponse, DeleteRangeRequest,
+    DeleteRangeResponse, LeaseGrantRequest, LeaseRevokeRequest, PutRequest, PutResponse, RequestOp,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use etcd_proto::fivefoldpb::{command, command_response, ApplyError, Command, CommandResponse, Empty};
 use etcd_proto::mvccpb::{event, Event, KeyValue};
@@ -15,6 +15,7 @@ use redb::{Durability, ReadableTable, Table, WriteTransaction};
 use crate::encoding::{row_key, split_row_key, Version};
 use crate::error::{MvccError, StorageError};
 use crate::lease::{self, LeaseChange, LEASES, LEASE_KEYS};
+use crate::maintenance::ALARMS;
 use crate::read::{self, for_each_live, live_at, ReadView};
 use crate::span::Span;
 use crate::store::{MvccStore, KV, MEMBERS, META, META_COMPACT, META_REVISION, REVS};
@@ -55,7 +56,7 @@ struct Path {
 
 impl<'s> ApplyBatch<'s> {
     pub(crate) fn begin(store: &'s MvccStore) -> Result<ApplyBatch<'s>, StorageError> {
-        let txn = store.db.begin_write()?;
+        let txn = store.begin_write()?;
         let (revision, compacted) = crate::store::read_revisions(&txn.open_table(META)?)?;
         Ok(ApplyBatch { store, txn, revision, compacted, events: Vec::new(), lease_changes: Vec::new() })
     }
@@ -82,6 +83,7 @@ impl<'s> ApplyBatch<'s> {
             }
             Some(command::Kind::LeaseGrant(req)) => self.lease_grant(req),
             Some(command::Kind::LeaseRevoke(req)) => self.lease_revoke(req),
+            Some(command::Kind::Alarm(req)) => self.alarm(req),
             None => Err(KvError::Request(MvccError::InvalidRequest("empty command".into()))),
         };
         let kind = match result {
@@ -143,8 +145,18 @@ impl<'s> ApplyBatch<'s> {
         (self.revision + 1) as u64
     }
 
+    /// Writes that add data are refused while a NOSPACE alarm is active;
+    /// deletes and compaction, which free space, are not.
+    fn check_space(&self) -> Result<(), KvError> {
+        if crate::maintenance::no_space(&self.txn.open_table(ALARMS)?)? {
+            return Err(MvccError::NoSpace.into());
+        }
+        Ok(())
+    }
+
     fn put_command(&mut self, req: &PutRequest) -> Result<command_response::Kind, KvError> {
         crate::validate::check_put(req)?;
+        self.check_space()?;
         let rev = self.pending();
         let mut kv = self.txn.open_table(KV)?;
         check_put_state(&kv, &self.txn.open_table(LEASES)?, req)?;
@@ -166,6 +178,9 @@ impl<'s> ApplyBatch<'s> {
 
     fn txn_command(&mut self, req: &TxnRequest) -> Result<command_response::Kind, KvError> {
         crate::validate::check_txn(req, usize::MAX)?;
+        if crate::validate::txn_has_put(req) {
+            self.check_space()?;
+        }
         let mut kv = self.txn.open_table(KV)?;
         let path = decide_path(&kv, req)?;
         let view = ReadView { current: self.revision, compacted: self.compacted };
@@ -179,7 +194,14 @@ impl<'s> ApplyBatch<'s> {
         Ok(command_response::Kind::Txn(resp))
     }
 
+    fn alarm(&mut self, req: &AlarmRequest) -> Result<command_response::Kind, KvError> {
+        let mut resp = crate::maintenance::apply_alarm(&mut self.txn.open_table(ALARMS)?, req)?;
+        resp.header = Some(self.header());
+        Ok(command_response::Kind::Alarm(resp))
+    }
+
     fn lease_grant(&mut self, req: &LeaseGrantRequest) -> Result<command_response::Kind, KvError> {
+        self.check_space()?;
         let (mut resp, change) = lease::grant(&mut self.txn.open_table(LEASES)?, req)?;
         self.lease_changes.push(change);
         resp.header = Some(self.header());

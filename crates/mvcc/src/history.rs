@@ -2,7 +2,6 @@
 //! or fell behind the in-memory window.
 
 use etcd_proto::mvccpb::{event, Event, KeyValue};
-use redb::ReadableDatabase;
 
 use crate::encoding::{decode_keys, row_key, Version};
 use crate::error::MvccError;
@@ -24,7 +23,7 @@ impl MvccStore {
     /// revision that reaches `events_max` (so one revision is never split).
     /// `from` below the compacted revision fails with `Compacted`.
     pub fn history(&self, from: i64, to: i64, events_max: usize) -> Result<History, KvError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let (current, compacted) = read_revisions(&txn.open_table(META)?)?;
         if from < compacted {
             return Err(MvccError::Compacted.into());

@@ -9,7 +9,7 @@ use etcd_proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse,
 };
 use etcd_proto::mvccpb::{event, Event};
-use redb::{ReadableDatabase, ReadableTable, Table, TableDefinition};
+use redb::{ReadableTable, Table, TableDefinition};
 
 use crate::error::{MvccError, StorageError};
 use crate::limits::LEASE_TTL_MAX_SECONDS;
@@ -131,7 +131,7 @@ pub(crate) fn index_events(
 impl MvccStore {
     /// Every lease and its granted TTL.
     pub fn leases(&self) -> Result<Vec<(i64, i64)>, StorageError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let leases = txn.open_table(LEASES)?;
         let mut out = Vec::new();
         for row in leases.iter()? {
@@ -143,7 +143,7 @@ impl MvccStore {
 
     /// A lease's granted TTL and its keys, if it exists.
     pub fn lease(&self, id: i64) -> Result<Option<LeaseRecord>, StorageError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let leases = txn.open_table(LEASES)?;
         let Some(ttl) = leases.get(id)? else { return Ok(None) };
         let granted_ttl_seconds = decode_ttl(ttl.value())?;

@@ -18,7 +18,7 @@
 //! (stateless request checks), `read` (range, compare), `apply` (the write
 //! path, which also yields the events of each change), `history` (past
 //! changes in revision order, for watchers), `lease` (leases and the keys
-//! they hold; expiry timing is not here), `snapshot` (export and install), `store` (the database).
+//! they hold; expiry timing is not here), `maintenance` (HashKV, alarms), `snapshot` (export and install), `store` (the database).
 
 pub mod apply;
 pub mod encoding;
@@ -26,6 +26,7 @@ pub mod error;
 pub mod history;
 pub mod lease;
 pub mod limits;
+pub mod maintenance;
 pub mod read;
 pub mod snapshot;
 pub mod span;

@@ -7,10 +7,11 @@
 
 use std::io::{Read, Write};
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 
 use crate::error::StorageError;
 use crate::lease::{LEASES, LEASE_KEYS};
+use crate::maintenance::ALARMS;
 use crate::store::{MvccStore, KV, MEMBERS, META, REVS};
 
 const MAGIC: &[u8] = b"FIVEFOLD-MVCC-SNAPSHOT-1\n";
@@ -20,6 +21,7 @@ const TAG_MEMBER: u8 = 3;
 const TAG_REV: u8 = 4;
 const TAG_LEASE: u8 = 5;
 const TAG_LEASE_KEY: u8 = 6;
+const TAG_ALARM: u8 = 7;
 const TAG_END: u8 = 0xFF;
 /// No single record field may claim more than this (a corrupt length must not
 /// make the reader allocate without bound).
@@ -87,7 +89,7 @@ impl MvccStore {
     /// Everything the snapshot holds is made durable first, so that the log
     /// behind it may be purged: a restart never needs an entry the snapshot covers.
     pub fn write_snapshot(&self, out: impl Write) -> Result<(SnapshotSummary, ExternalMeta), StorageError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         self.persist()?;
         let mut external = Vec::new();
         let mut w = CrcWriter { inner: out, crc: crc32fast::Hasher::new(), bytes: 0 };
@@ -121,6 +123,10 @@ impl MvccStore {
             let (k, v) = row?;
             w.record(TAG_LEASE_KEY, k.value(), v.value())?;
         }
+        for row in txn.open_table(ALARMS)?.iter()? {
+            let (k, v) = row?;
+            w.record(TAG_ALARM, k.value(), v.value())?;
+        }
         w.put(&[TAG_END])?;
         let crc = w.crc.clone().finalize();
         w.inner.write_all(&crc.to_le_bytes())?;
@@ -135,13 +141,14 @@ impl MvccStore {
         if r.take(MAGIC.len())? != MAGIC {
             return Err(StorageError("not a fivefold snapshot (bad magic)".into()));
         }
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.begin_write()?;
         clear(&txn, KV)?;
         clear(&txn, META)?;
         clear(&txn, MEMBERS)?;
         clear(&txn, REVS)?;
         clear(&txn, LEASES)?;
         clear(&txn, LEASE_KEYS)?;
+        clear(&txn, ALARMS)?;
         let mut rows = 0;
         {
             let mut kv = txn.open_table(KV)?;
@@ -150,6 +157,7 @@ impl MvccStore {
             let mut revs = txn.open_table(REVS)?;
             let mut leases = txn.open_table(LEASES)?;
             let mut lease_keys = txn.open_table(LEASE_KEYS)?;
+            let mut alarms = txn.open_table(ALARMS)?;
             loop {
                 let tag = r.take(1)?[0];
                 if tag == TAG_END {
@@ -188,6 +196,9 @@ impl MvccStore {
                     TAG_LEASE_KEY => {
                         lease_keys.insert(key.as_slice(), value.as_slice())?;
                     }
+                    TAG_ALARM => {
+                        alarms.insert(key.as_slice(), value.as_slice())?;
+                    }
                     other => return Err(StorageError(format!("unknown snapshot record tag {other}"))),
                 }
             }
@@ -206,6 +217,51 @@ impl MvccStore {
     }
 }
 
+/// The sector size etcd's snapshot files are padded to.
+const SEAL_ALIGN: usize = 512;
+const SHA256_LEN: usize = 32;
+
+/// Seals a snapshot for `etcdctl snapshot save`, which expects etcd's file
+/// shape: data padded to a multiple of 512 bytes, then its SHA-256.
+pub fn seal(data: &mut Vec<u8>) {
+    let padded = data.len().div_ceil(SEAL_ALIGN) * SEAL_ALIGN;
+    data.resize(padded, 0);
+    let digest = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&data[..]));
+    data.extend_from_slice(&digest);
+}
+
+/// Checks the seal of a sealed file and returns the snapshot inside; a file
+/// without a seal (a raw snapshot) is returned as it is.
+pub fn unseal(file: &[u8]) -> Result<&[u8], StorageError> {
+    if file.len() % SEAL_ALIGN != SHA256_LEN {
+        return Ok(file);
+    }
+    let (data, stored) = file.split_at(file.len() - SHA256_LEN);
+    let digest = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(data));
+    if digest.as_slice() != stored {
+        return Err(StorageError("snapshot file SHA-256 mismatch: the file is corrupt".into()));
+    }
+    Ok(data)
+}
+
+impl MvccStore {
+    /// Forgets the values of the layer above (Raft's applied id and
+    /// membership) and the published member attributes: what `snapshot
+    /// restore` does so that a new cluster starts from the data alone.
+    pub fn forget_cluster(&self) -> Result<(), StorageError> {
+        let mut txn = self.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.retain(|k, _| !k.starts_with(crate::store::META_EXTERNAL_PREFIX))?;
+        }
+        clear(&txn, MEMBERS)?;
+        clear(&txn, ALARMS)?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        txn.commit()?;
+        Ok(())
+    }
+}
+
 fn clear<K: redb::Key + 'static>(
     txn: &redb::WriteTransaction,
     table: TableDefinition<K, &'static [u8]>,
@@ -213,4 +269,21 @@ fn clear<K: redb::Key + 'static>(
     let mut t = txn.open_table(table)?;
     t.retain(|_, _| false)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_files_have_etcds_shape_and_detect_corruption() {
+        let mut data = b"FIVEFOLD-MVCC-SNAPSHOT-1\nrest".to_vec();
+        let raw = data.clone();
+        seal(&mut data);
+        assert_eq!(data.len() % 512, 32);
+        assert!(unseal(&data).unwrap().starts_with(&raw));
+        data[3] ^= 1;
+        assert!(unseal(&data).is_err());
+        assert_eq!(unseal(&raw).unwrap(), &raw[..]);
+    }
 }

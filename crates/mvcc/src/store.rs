@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::RwLock;
+use std::time::Duration;
 
 use etcd_proto::etcdserverpb::{
     request_op, response_op, RangeRequest, RangeResponse, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
@@ -32,7 +34,9 @@ pub(crate) const META_COMPACT: &str = "compact_revision";
 pub const META_EXTERNAL_PREFIX: &str = "ext/";
 
 pub struct MvccStore {
-    pub(crate) db: Database,
+    /// Shared by every reader and the applier; taken exclusively only to
+    /// defragment (redb's compaction needs the database to itself).
+    db: RwLock<Database>,
     path: PathBuf,
     /// The revision of the last committed batch, for cheap status reads.
     revision: AtomicI64,
@@ -74,11 +78,12 @@ impl MvccStore {
             txn.open_table(REVS)?;
             txn.open_table(crate::lease::LEASES)?;
             txn.open_table(crate::lease::LEASE_KEYS)?;
+            txn.open_table(crate::maintenance::ALARMS)?;
             txn.open_table(MEMBERS)?;
             txn.commit()?;
         }
         let store = MvccStore {
-            db,
+            db: RwLock::new(db),
             path: path.to_path_buf(),
             revision: AtomicI64::new(REVISION_INITIAL),
             durable_commits: AtomicU64::new(0),
@@ -88,9 +93,35 @@ impl MvccStore {
         Ok(store)
     }
 
+    pub(crate) fn begin_read(&self) -> Result<redb::ReadTransaction, redb::TransactionError> {
+        self.db.read().expect("database lock").begin_read()
+    }
+
+    pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction, redb::TransactionError> {
+        self.db.read().expect("database lock").begin_write()
+    }
+
+    /// Returns free pages to the file system (redb's compaction). Readers and
+    /// the applier of this member wait while it runs; the other members go on
+    /// serving. Gives up with an error if transactions stay open too long.
+    pub fn defragment(&self) -> Result<(), StorageError> {
+        const ATTEMPTS: u32 = 200;
+        let mut db = self.db.write().expect("database lock");
+        for _ in 0..ATTEMPTS {
+            match db.compact() {
+                Ok(_) => return Ok(()),
+                Err(redb::CompactionError::TransactionInProgress) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(StorageError(e.to_string())),
+            }
+        }
+        Err(StorageError("defragment: transactions stayed open; try again".into()))
+    }
+
     /// The current and compacted revisions, read from the engine.
     pub fn revisions(&self) -> Result<(i64, i64), StorageError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         read_revisions(&txn.open_table(META)?)
     }
 
@@ -120,7 +151,7 @@ impl MvccStore {
 
     /// Makes every earlier non-durable commit durable.
     pub fn persist(&self) -> Result<(), StorageError> {
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.begin_write()?;
         txn.set_durability(redb::Durability::Immediate)?;
         txn.commit()?;
         self.durable_commits.fetch_add(1, Ordering::Relaxed);
@@ -129,7 +160,7 @@ impl MvccStore {
 
     /// Serves a Range from the last applied state.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, KvError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let (current, compacted) = read_revisions(&txn.open_table(META)?)?;
         let kv = txn.open_table(KV)?;
         read::range(&kv, req, ReadView { current, compacted })
@@ -138,7 +169,7 @@ impl MvccStore {
     /// Serves a Txn that only reads (see `validate::txn_is_read_only`).
     pub fn read_only_txn(&self, req: &TxnRequest) -> Result<TxnResponse, KvError> {
         assert!(crate::validate::txn_is_read_only(req), "only read-only txns are served off the log");
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let (current, compacted) = read_revisions(&txn.open_table(META)?)?;
         let kv = txn.open_table(KV)?;
         read_only_txn(&kv, req, ReadView { current, compacted })
@@ -146,14 +177,14 @@ impl MvccStore {
 
     /// Reads a value stored by the layer above with `ApplyBatch::put_meta`.
     pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let meta = txn.open_table(META)?;
         Ok(meta.get(key)?.map(|v| v.value().to_vec()))
     }
 
     /// Member attributes published through the log.
     pub fn member_attributes(&self) -> Result<Vec<MemberAttributes>, StorageError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let members = txn.open_table(MEMBERS)?;
         let mut out = Vec::new();
         for row in members.iter()? {
@@ -170,7 +201,7 @@ impl MvccStore {
 
     /// Bytes the database uses for data and metadata, as opposed to free space.
     pub fn db_size_in_use(&self) -> Result<u64, StorageError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let stats = txn.stats()?;
         let used = stats.stored_bytes() + stats.metadata_bytes() + stats.fragmented_bytes();
         txn.abort()?;

@@ -162,6 +162,15 @@ pub fn txn_is_read_only(req: &TxnRequest) -> bool {
     })
 }
 
+/// Whether a Txn holds a Put anywhere, in either branch at any depth.
+pub fn txn_has_put(req: &TxnRequest) -> bool {
+    req.success.iter().chain(req.failure.iter()).any(|op| match &op.request {
+        Some(request_op::Request::RequestPut(_)) => true,
+        Some(request_op::Request::RequestTxn(t)) => txn_has_put(t),
+        _ => false,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,9 @@ use crate::types::{Member, NodeId};
 /// Extra room gRPC framing may take above `max_request_bytes`, as etcd allows.
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
+/// etcd's default backend quota: 2 GiB.
+pub const QUOTA_BACKEND_BYTES_DEFAULT: u64 = 2 * 1024 * 1024 * 1024;
+
 /// Whether a member starts a new cluster or joins an existing one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClusterState {
@@ -42,6 +45,19 @@ pub struct StoreConfig {
     pub request_timeout: Duration,
     /// How often an idle watcher that asked for it gets a progress response.
     pub watch_progress_notify_interval: Duration,
+    /// Backend size past which a NOSPACE alarm is raised and writes refused.
+    pub quota_backend_bytes: u64,
+    /// Automatic compaction, if any.
+    pub auto_compaction: Option<AutoCompaction>,
+}
+
+/// etcd's `--auto-compaction-mode` and `--auto-compaction-retention`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Keep the history of the last `retention`.
+    Periodic { retention: Duration },
+    /// Keep the last `revisions` revisions.
+    Revision { revisions: i64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +126,8 @@ impl StoreConfig {
             election_timeout: Duration::from_millis(1000),
             request_timeout: Duration::from_secs(5),
             watch_progress_notify_interval: Duration::from_secs(600),
+            quota_backend_bytes: QUOTA_BACKEND_BYTES_DEFAULT,
+            auto_compaction: None,
         }
     }
 

@@ -75,6 +75,7 @@ impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = request.into_inner();
         validate::check_put(&req).map_err(|e| status_of(&e))?;
+        self.node.check_quota(req.key.len() + req.value.len()).await?;
         placement::group_of_key(&req.key);
         let resp = self.write(command::Kind::Put(req)).await?;
         match resp.kind {
@@ -116,6 +117,9 @@ impl Kv for KvService {
                 .map_err(kv_status)?;
             stamp_txn(&mut resp, &template);
             return Ok(Response::new(resp));
+        }
+        if validate::txn_has_put(&req) {
+            self.node.check_quota(prost::Message::encoded_len(&req)).await?;
         }
         let resp = self.write(command::Kind::Txn(req)).await?;
         match resp.kind {

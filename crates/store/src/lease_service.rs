@@ -46,6 +46,7 @@ impl Lease for LeaseService {
             return Err(status_of(&MvccError::LeaseTtlTooLarge));
         }
         req.ttl = req.ttl.max(self.ttl_min_seconds());
+        self.node.check_quota(std::mem::size_of::<LeaseGrantRequest>()).await?;
         if req.id == 0 {
             req.id = self.node.lessor.next_id();
         }

@@ -12,17 +12,20 @@
 //! `mvcc` crate; this crate must not re-implement them.
 //!
 //! Modules: `config` (flags, checked), `identity` (member and cluster ids,
-//! kept in the data dir), `membership` (Cluster API changes on openraft), `types` (Raft type config), `log_store`,
+//! kept in the data dir), `membership` (Cluster API changes on openraft),
+//! `leadership` (MoveLeader), `compactor` (automatic compaction), `types` (Raft type config), `log_store`,
 //! `state_machine`, `network` (peer client), `peer_service`, `node` (request
 //! paths), `kv_service`, `maintenance_service`, `cluster_service`, `placement`
 //! (key → Raft group), `grpc_status` (status codes aligned with grpc-go),
 //! `server` (assembly and lifecycle).
 
 pub mod cluster_service;
+pub mod compactor;
 pub mod config;
 pub mod grpc_status;
 pub mod identity;
 pub mod kv_service;
+pub mod leadership;
 pub mod lease_service;
 pub mod lessor;
 pub mod log_store;

@@ -94,6 +94,10 @@ impl StoreNode {
         }
     }
 
+    pub fn peer_client(&self, url: &str) -> Result<PeerClient<Channel>, Status> {
+        self.peer(url)
+    }
+
     fn peer(&self, url: &str) -> Result<PeerClient<Channel>, Status> {
         self.peers.get(url).map_err(|e| Status::unavailable(format!("peer {url}: {e}")))
     }
@@ -464,6 +468,38 @@ impl StoreNode {
                 });
             }
         }
+    }
+}
+
+impl StoreNode {
+    /// etcd's quota rule: a write that adds data is refused once the backend
+    /// would pass `--quota-backend-bytes`, and this member raises a NOSPACE
+    /// alarm (replicated, so every member refuses such writes until an
+    /// operator frees space and disarms it).
+    pub async fn check_quota(&self, request_bytes: usize) -> Result<(), Status> {
+        let size = self.mvcc.db_size();
+        if size + request_bytes as u64 <= self.config.quota_backend_bytes {
+            return Ok(());
+        }
+        let already =
+            self.mvcc.alarms().map_err(|e| Status::internal(format!("etcdserver: {e}")))?.iter().any(|a| {
+                a.member_id == self.member_id
+                    && a.alarm == etcd_proto::etcdserverpb::AlarmType::Nospace as i32
+            });
+        if !already {
+            tracing::warn!(
+                size,
+                quota = self.config.quota_backend_bytes,
+                "backend quota exceeded: raising NOSPACE"
+            );
+            let alarm = etcd_proto::etcdserverpb::AlarmRequest {
+                action: etcd_proto::etcdserverpb::alarm_request::AlarmAction::Activate as i32,
+                member_id: self.member_id,
+                alarm: etcd_proto::etcdserverpb::AlarmType::Nospace as i32,
+            };
+            self.propose(Command { kind: Some(command::Kind::Alarm(alarm)) }).await?;
+        }
+        Err(status_of(&MvccError::NoSpace))
     }
 }
 

@@ -103,6 +103,22 @@ impl Peer for PeerService {
         Ok(Response::new(etcd_proto::etcdserverpb::MemberListResponse { header, members }))
     }
 
+    async fn hold_elections(
+        &self,
+        request: Request<etcd_proto::fivefoldpb::LeaderTransfer>,
+    ) -> Result<Response<etcd_proto::fivefoldpb::Empty>, Status> {
+        self.node.hold_elections(std::time::Duration::from_millis(request.get_ref().hold_ms));
+        Ok(Response::new(etcd_proto::fivefoldpb::Empty {}))
+    }
+
+    async fn campaign(
+        &self,
+        request: Request<etcd_proto::fivefoldpb::LeaderTransfer>,
+    ) -> Result<Response<etcd_proto::fivefoldpb::Empty>, Status> {
+        self.node.campaign(request.into_inner());
+        Ok(Response::new(etcd_proto::fivefoldpb::Empty {}))
+    }
+
     async fn read_index(
         &self,
         _request: Request<ReadIndexRequest>,

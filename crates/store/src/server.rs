@@ -179,6 +179,7 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
     let publisher = tokio::spawn(node.clone().publish_attributes());
     let lease_clock = tokio::spawn(node.clone().run_lease_expiry());
     let promoter = tokio::spawn(node.clone().run_promoter());
+    let compactor = config.auto_compaction.map(|mode| tokio::spawn(node.clone().run_auto_compaction(mode)));
 
     let outcome = tokio::select! {
         () = shutdown => Ok(()),
@@ -192,6 +193,9 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
     publisher.abort();
     lease_clock.abort();
     promoter.abort();
+    if let Some(compactor) = compactor {
+        compactor.abort();
+    }
     let _ = stop_tx.send(true);
     while servers.join_next().await.is_some() {}
     if let Err(e) = node.raft.shutdown().await {

@@ -70,6 +70,7 @@ impl fmt::Display for Request {
             Some(Kind::MemberAttributes(_)) => "member_attributes",
             Some(Kind::LeaseGrant(_)) => "lease_grant",
             Some(Kind::LeaseRevoke(_)) => "lease_revoke",
+            Some(Kind::Alarm(_)) => "alarm",
             None => "empty",
         };
         f.write_str(kind)
