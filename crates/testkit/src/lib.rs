@@ -9,6 +9,8 @@
 //!   [`Cluster::restart`] and [`Cluster::wipe`]. Dropping it kills every member.
 //! - [`tool`] (module `tools`): finds external programs (`etcdctl`) on PATH, skipping
 //!   a test politely when one is missing unless `FIVEFOLD_REQUIRE_ALL=1`.
+//! - [`linearizability`]: a checker of key-value histories (put, get, delete,
+//!   compare-and-set; unknown outcomes allowed), partitioned by key.
 //! - [`free_ports`] (module `ports`): loopback ports outside the kernel's ephemeral
 //!   range, never handed out twice in one test process.
 //!
@@ -22,6 +24,7 @@
 //! unwinding takes its members with it.
 
 mod cluster;
+pub mod linearizability;
 mod ports;
 mod spawner;
 mod tools;
