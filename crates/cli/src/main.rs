@@ -1,6 +1,7 @@
 //! The `fivefold` binary: clap subcommands over the library crates. Only this
 //! crate reads flags and the environment; everything below takes a config.
 
+mod bench_cmd;
 mod snapshot_cmd;
 mod store_cmd;
 mod up;
@@ -27,6 +28,8 @@ enum Command {
     Store(Box<store_cmd::StoreArgs>),
     /// Start a local five-member, three-city deployment on loopback.
     Up(up::UpArgs),
+    /// Load-test etcd v3 endpoints (fivefold or etcd) with etcd's benchmark workloads.
+    Bench(Box<bench_cmd::BenchArgs>),
     /// Snapshot tools (restore a snapshot into a new member's data dir).
     #[command(subcommand)]
     Snapshot(snapshot_cmd::SnapshotCommand),
@@ -45,6 +48,7 @@ fn main() -> anyhow::Result<()> {
             Command::Store(args) => store_cmd::run(*args).await,
             Command::Up(args) => up::run(args).await,
             Command::Snapshot(command) => snapshot_cmd::run(command),
+            Command::Bench(args) => bench_cmd::run(*args).await,
         }
     })
 }

@@ -1,0 +1,104 @@
+//! `fivefold bench`: etcd's benchmark workloads against any etcd v3 endpoints.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+
+use crate::store_cmd::parse_duration;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum WorkloadArg {
+    Put,
+    Range,
+    TxnPut,
+    WatchLatency,
+    Mixed,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Consistency {
+    /// Linearizable.
+    L,
+    /// Serializable.
+    S,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// put | range | txn-put | watch-latency | mixed
+    #[arg(value_enum)]
+    pub workload: WorkloadArg,
+    /// Client endpoints, comma-separated (host:port or http://host:port).
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    pub endpoints: String,
+    #[arg(long, default_value_t = 1)]
+    pub conns: usize,
+    #[arg(long, default_value_t = 1)]
+    pub clients: usize,
+    /// Requests in all (watch-latency: puts).
+    #[arg(long, default_value_t = 10_000)]
+    pub total: u64,
+    /// The run stops after this long even if --total is not reached.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub time_limit: Duration,
+    #[arg(long, default_value_t = 8)]
+    pub key_size: usize,
+    #[arg(long, default_value_t = 256)]
+    pub val_size: usize,
+    #[arg(long, default_value_t = 1)]
+    pub key_space_size: u64,
+    /// Keys in order rather than at random.
+    #[arg(long)]
+    pub sequential_keys: bool,
+    /// Read consistency for range and mixed.
+    #[arg(long, value_enum, default_value = "l")]
+    pub consistency: Consistency,
+    /// watch-latency: watchers on the prefix.
+    #[arg(long, default_value_t = 100)]
+    pub watchers: usize,
+    /// watch-latency: puts per second.
+    #[arg(long, default_value_t = 1_000)]
+    pub put_rate: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let endpoints = args
+        .endpoints
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| if e.contains("://") { e.to_string() } else { format!("http://{e}") })
+        .collect();
+    let config = bench::BenchConfig {
+        endpoints,
+        conns: args.conns,
+        clients: args.clients,
+        total: args.total,
+        time_limit: args.time_limit,
+        key_size: args.key_size,
+        val_size: args.val_size,
+        key_space_size: args.key_space_size,
+        sequential_keys: args.sequential_keys,
+        serializable: matches!(args.consistency, Consistency::S),
+        watchers: args.watchers,
+        put_rate: args.put_rate,
+    };
+    let workload = match args.workload {
+        WorkloadArg::Put => bench::Workload::Put,
+        WorkloadArg::Range => bench::Workload::Range,
+        WorkloadArg::TxnPut => bench::Workload::TxnPut,
+        WorkloadArg::WatchLatency => bench::Workload::WatchLatency,
+        WorkloadArg::Mixed => bench::Workload::Mixed,
+    };
+    let report = bench::run(workload, &config).await.context("benchmark failed")?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
+}
