@@ -106,7 +106,9 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
     let mvcc = Arc::new(
         MvccStore::open(&data_dir.join("mvcc.redb")).map_err(|e| ServerError::Storage(e.to_string()))?,
     );
-    let watch_hub = Arc::new(WatchHub::new(mvcc.revision()));
+    let (revision, compacted) = mvcc.revisions().map_err(|e| ServerError::Storage(e.to_string()))?;
+    let watch_hub = Arc::new(WatchHub::new(revision));
+    watch_hub.publish(Vec::new(), revision, compacted);
     let lessor = Arc::new(Lessor::new(identity.member_id));
     let state_machine =
         StateMachine::new(mvcc.clone(), watch_hub.clone(), lessor.clone(), &data_dir.join("snap"))

@@ -188,7 +188,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let committed = batch.commit(durable).map_err(|e| sm_error(ErrorVerb::Write, e))?;
             // Watchers see a change only once it is committed to the engine.
             self.lessor.apply(&committed.lease_changes);
-            self.watch_hub.publish(committed.events, committed.revision);
+            self.watch_hub.publish(committed.events, committed.revision, committed.compacted);
             Ok::<_, StorageError>(responses)
         })?;
         if durable {
@@ -225,7 +225,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|e| sm_error(ErrorVerb::Write, e))?;
             batch.commit(true).map_err(|e| sm_error(ErrorVerb::Write, e))?;
             save_snapshot(&self.snapshot_dir, meta, &data)?;
-            self.watch_hub.reset(self.mvcc.revision());
+            let (revision, compacted) = self.mvcc.revisions().map_err(|e| sm_error(ErrorVerb::Read, e))?;
+            self.watch_hub.reset(revision, compacted);
             self.lessor.load(&self.mvcc.leases().map_err(|e| sm_error(ErrorVerb::Read, e))?);
             tracing::info!(last_log_id = ?meta.last_log_id, rows = summary.rows, "installed snapshot");
             Ok(())

@@ -24,6 +24,9 @@ struct Window {
     events: usize,
     /// The window holds every change of every revision from here on.
     complete_from: i64,
+    /// The store's compacted revision: history below it is gone for watchers,
+    /// even where the window still holds it (as etcd answers).
+    compacted: i64,
 }
 
 pub struct WatchHub {
@@ -40,7 +43,12 @@ impl std::fmt::Debug for WatchHub {
 impl WatchHub {
     /// A hub for a store whose applied revision is `revision`.
     pub fn new(revision: i64) -> WatchHub {
-        let window = Window { revisions: VecDeque::new(), events: 0, complete_from: revision + 1 };
+        let window = Window {
+            revisions: VecDeque::new(),
+            events: 0,
+            complete_from: revision + 1,
+            compacted: i64::MIN,
+        };
         WatchHub { window: Mutex::new(window), published: watch::Sender::new(revision) }
     }
 
@@ -53,11 +61,12 @@ impl WatchHub {
         *self.published.borrow()
     }
 
-    /// Publishes the events of a committed batch (revision order) and the
-    /// store revision after it.
-    pub fn publish(&self, events: Vec<Event>, revision: i64) {
+    /// Publishes the events of a committed batch (revision order), the store
+    /// revision after it and the compacted revision.
+    pub fn publish(&self, events: Vec<Event>, revision: i64, compacted: i64) {
         {
             let mut window = self.window.lock().expect("watch window lock");
+            window.compacted = compacted;
             let mut events = events.into_iter().peekable();
             while let Some(first) = events.next() {
                 let rev = first.kv.as_ref().map_or(0, |kv| kv.mod_revision);
@@ -82,9 +91,10 @@ impl WatchHub {
     }
 
     /// Forgets the window after the state was replaced by a snapshot.
-    pub fn reset(&self, revision: i64) {
+    pub fn reset(&self, revision: i64, compacted: i64) {
         {
             let mut window = self.window.lock().expect("watch window lock");
+            window.compacted = compacted;
             window.revisions.clear();
             window.events = 0;
             window.complete_from = revision + 1;
@@ -92,15 +102,39 @@ impl WatchHub {
         self.published.send_replace(revision);
     }
 
-    /// The changes of revisions `from..=to`, if the window still holds all of
-    /// them; `None` means: read them from disk.
-    pub fn window(&self, from: i64, to: i64) -> Option<Vec<RevisionEvents>> {
+    /// The compacted revision last published.
+    pub fn compacted(&self) -> i64 {
+        self.window.lock().expect("watch window lock").compacted
+    }
+
+    /// The changes from revision `from` up to `to`, whole revisions, stopping
+    /// after the revision that reaches `events_max` events; and the last
+    /// revision covered. `Ok(None)` means the window no longer holds `from`:
+    /// read from disk. `Err(compacted)`: `from` is below the compacted revision.
+    pub fn window(
+        &self,
+        from: i64,
+        to: i64,
+        events_max: usize,
+    ) -> Result<Option<(Vec<RevisionEvents>, i64)>, i64> {
         let window = self.window.lock().expect("watch window lock");
+        if from < window.compacted {
+            return Err(window.compacted);
+        }
         if from < window.complete_from {
-            return None;
+            return Ok(None);
         }
         let start = window.revisions.partition_point(|(rev, _)| *rev < from);
-        Some(window.revisions.iter().skip(start).take_while(|(rev, _)| *rev <= to).cloned().collect())
+        let mut out = Vec::new();
+        let mut events = 0;
+        for (rev, revision_events) in window.revisions.iter().skip(start).take_while(|(rev, _)| *rev <= to) {
+            events += revision_events.len();
+            out.push((*rev, revision_events.clone()));
+            if events >= events_max {
+                return Ok(Some((out, *rev)));
+            }
+        }
+        Ok(Some((out, to)))
     }
 }
 
@@ -120,17 +154,25 @@ mod tests {
     #[test]
     fn window_serves_what_it_holds_and_refers_older_reads_to_disk() {
         let hub = WatchHub::new(1);
-        hub.publish(vec![event(2), event(2), event(3)], 3);
+        hub.publish(vec![event(2), event(2), event(3)], 3, -1);
         assert_eq!(hub.revision(), 3);
-        let got = hub.window(2, 3).unwrap();
+        let (got, reached) = hub.window(2, 3, 100).unwrap().unwrap();
         assert_eq!(got.iter().map(|(r, e)| (*r, e.len())).collect::<Vec<_>>(), [(2, 2), (3, 1)]);
-        assert_eq!(hub.window(3, 3).unwrap().len(), 1);
-        assert!(hub.window(1, 3).is_none(), "revision 1 predates the hub");
+        assert_eq!(reached, 3);
+        // Whole revisions only, capped by events.
+        let (got, reached) = hub.window(2, 3, 1).unwrap().unwrap();
+        assert_eq!((got.len(), got[0].1.len(), reached), (1, 2, 2));
+        assert_eq!(hub.window(3, 3, 100).unwrap().unwrap().0.len(), 1);
+        assert!(hub.window(1, 3, 100).unwrap().is_none(), "revision 1 predates the hub");
+        // Compaction hides history the window still holds.
+        hub.publish(Vec::new(), 3, 3);
+        assert_eq!(hub.window(2, 3, 100), Err(3));
         let many: Vec<Event> = (4..4 + WATCH_WINDOW_EVENTS_MAX as i64).map(event).collect();
-        hub.publish(many, 3 + WATCH_WINDOW_EVENTS_MAX as i64);
-        assert!(hub.window(2, 10).is_none(), "evicted revisions are read from disk");
-        hub.reset(100_000);
-        assert!(hub.window(99_999, 100_000).is_none());
-        assert_eq!(hub.window(100_001, 100_001).unwrap().len(), 0);
+        hub.publish(many, 3 + WATCH_WINDOW_EVENTS_MAX as i64, 3);
+        assert!(hub.window(3, 10, 100).unwrap().is_none(), "evicted revisions are read from disk");
+        assert!(hub.window(4, 10, 100).unwrap().is_some(), "the newest revisions stay");
+        hub.reset(100_000, 3);
+        assert!(hub.window(99_999, 100_000, 100).unwrap().is_none());
+        assert_eq!(hub.window(100_001, 100_001, 100).unwrap().unwrap().0.len(), 0);
     }
 }

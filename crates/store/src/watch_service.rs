@@ -27,12 +27,16 @@ use crate::node::StoreNode;
 pub const WATCH_STREAM_QUEUE: usize = 64;
 /// Watchers one stream may hold.
 pub const WATCHERS_PER_STREAM_MAX: usize = 10_000;
-/// Events read from disk per catch-up step of one watcher.
-pub const WATCH_CATCHUP_EVENTS_MAX: usize = 1_000;
+/// Events per response to one watcher (whole revisions, so a revision with
+/// more events is still sent whole): keeps replies under clients' default
+/// 4 MiB message limit and bounds what a catch-up step holds in memory.
+pub const WATCH_BATCH_EVENTS_MAX: usize = 1_000;
 /// etcd's answer to a client-chosen watch id that is taken.
 const DUPLICATE_WATCH_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 /// The watch id of a progress response that speaks for every watcher.
 const PROGRESS_ALL: i64 = -1;
+/// The watch id of a refused create.
+const REFUSED: i64 = -1;
 
 pub struct WatchService {
     pub node: Arc<StoreNode>,
@@ -164,11 +168,13 @@ impl WatchStream {
             }
             self.next_id
         };
+        // etcd answers a refused create with watch id -1, so that clients do
+        // not take it for the cancel of a live watcher.
         let refuse = |reason: &str| WatchResponse {
             created: true,
             canceled: true,
             cancel_reason: reason.to_string(),
-            ..self.response(id, head)
+            ..self.response(REFUSED, head)
         };
         if self.watchers.contains_key(&id) {
             return self.send(refuse(DUPLICATE_WATCH_ID)).await;
@@ -220,15 +226,20 @@ impl WatchStream {
         Ok(())
     }
 
-    /// The events of `from..=to`, from the window or from disk, and the last
-    /// revision they cover. `None`: `from` has been compacted.
+    /// The events of `from..=to` (at most about `WATCH_BATCH_EVENTS_MAX`,
+    /// whole revisions), from the window or from disk, and the last revision
+    /// they cover. `None`: `from` has been compacted.
     async fn read(&self, from: i64, to: i64) -> Option<(Vec<Event>, i64)> {
-        if let Some(revisions) = self.node.watch_hub.window(from, to) {
-            let events = revisions.iter().flat_map(|(_, events)| events.iter().cloned()).collect();
-            return Some((events, to));
+        match self.node.watch_hub.window(from, to, WATCH_BATCH_EVENTS_MAX) {
+            Err(_compacted) => return None,
+            Ok(Some((revisions, reached))) => {
+                let events = revisions.iter().flat_map(|(_, events)| events.iter().cloned()).collect();
+                return Some((events, reached));
+            }
+            Ok(None) => {}
         }
         let mvcc = self.node.mvcc.clone();
-        let history = tokio::task::spawn_blocking(move || mvcc.history(from, to, WATCH_CATCHUP_EVENTS_MAX))
+        let history = tokio::task::spawn_blocking(move || mvcc.history(from, to, WATCH_BATCH_EVENTS_MAX))
             .await
             .ok()?;
         match history {
@@ -243,7 +254,7 @@ impl WatchStream {
 
     async fn cancel_compacted(&mut self, id: i64, head: i64) -> Result<(), Gone> {
         self.watchers.remove(&id);
-        let compacted = self.node.mvcc.revisions().map(|(_, c)| c).unwrap_or(0);
+        let compacted = self.node.watch_hub.compacted();
         let response =
             WatchResponse { compact_revision: compacted, canceled: true, ..self.response(id, head) };
         self.send(response).await
