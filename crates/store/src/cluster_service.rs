@@ -42,6 +42,9 @@ impl Cluster for ClusterService {
                 },
             )
             .await?;
+        // Answer only once this member has the change too, as etcd does: a
+        // client that asks this member next must see it.
+        self.node.read_barrier().await?;
         Ok(Response::new(reply))
     }
 
@@ -59,6 +62,11 @@ impl Cluster for ClusterService {
                 },
             )
             .await?;
+        // Answer only once this member has the change too, as etcd does; a
+        // member that removed itself gets no more entries to wait for.
+        if req.id != self.node.member_id {
+            self.node.read_barrier().await?;
+        }
         Ok(Response::new(reply))
     }
 
@@ -77,6 +85,9 @@ impl Cluster for ClusterService {
                 },
             )
             .await?;
+        // Answer only once this member has the change too, as etcd does: a
+        // client that asks this member next must see it.
+        self.node.read_barrier().await?;
         Ok(Response::new(reply))
     }
 
@@ -94,6 +105,9 @@ impl Cluster for ClusterService {
                 },
             )
             .await?;
+        // Answer only once this member has the change too, as etcd does: a
+        // client that asks this member next must see it.
+        self.node.read_barrier().await?;
         Ok(Response::new(reply))
     }
 

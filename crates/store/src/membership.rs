@@ -33,6 +33,14 @@ const PEER_URL_EXISTS: &str = "etcdserver: Peer URLs already exists";
 const NOT_A_LEARNER: &str = "etcdserver: can only promote a learner member";
 const LEARNER_BEHIND: &str = "etcdserver: can only promote a learner member which is in sync with leader";
 
+type ChangeResult = Result<
+    openraft::raft::ClientWriteResponse<crate::types::TypeConfig>,
+    RaftError<NodeId, ClientWriteError<NodeId, Member>>,
+>;
+
+/// Pause between attempts while another membership change is in flight.
+const CHANGE_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 fn change_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> Status {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Status::unavailable(NOT_LEADER),
@@ -44,6 +52,28 @@ fn change_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> Statu
 }
 
 impl StoreNode {
+    /// Runs one membership change at a time on this member (the promoter and
+    /// client requests share the lock), waiting out a change still in flight
+    /// — openraft refuses a second one until the first is committed — until
+    /// the request deadline.
+    async fn change_membership<F, Fut>(&self, change: F) -> Result<(), Status>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = ChangeResult>,
+    {
+        let deadline = Instant::now() + self.config.request_timeout;
+        let _one_at_a_time = self.membership_lock.lock().await;
+        loop {
+            match change().await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    openraft::error::ChangeMembershipError::InProgress(_),
+                ))) if Instant::now() < deadline => tokio::time::sleep(CHANGE_RETRY_PAUSE).await,
+                Err(e) => return Err(change_error(e)),
+            }
+        }
+    }
+
     /// The membership as etcd's Member list: names and client URLs come from the
     /// attributes members published; a member that never started has none.
     pub fn member_list(&self) -> Result<Vec<PbMember>, Status> {
@@ -112,7 +142,7 @@ impl StoreNode {
             peer_urls: req.peer_ur_ls.clone(),
             promote_when_caught_up: !req.is_learner,
         };
-        self.raft.add_learner(id, member, false).await.map_err(change_error)?;
+        self.change_membership(|| self.raft.add_learner(id, member.clone(), false)).await?;
         tracing::info!(member = format_args!("{id:x}"), learner = req.is_learner, urls = ?req.peer_ur_ls, "member added");
         Ok(MemberAddResponse {
             header: Some(self.header(self.mvcc.revision())),
@@ -132,7 +162,7 @@ impl StoreNode {
         let (_, voter) = self.member(req.id)?;
         let ids = BTreeSet::from([req.id]);
         let change = if voter { ChangeMembers::RemoveVoters(ids) } else { ChangeMembers::RemoveNodes(ids) };
-        self.raft.change_membership(change, false).await.map_err(change_error)?;
+        self.change_membership(|| self.raft.change_membership(change.clone(), false)).await?;
         tracing::info!(member = format_args!("{:x}", req.id), "member removed");
         Ok(MemberRemoveResponse {
             header: Some(self.header(self.mvcc.revision())),
@@ -148,7 +178,7 @@ impl StoreNode {
         }
         member.peer_urls = req.peer_ur_ls;
         let change = ChangeMembers::SetNodes(BTreeMap::from([(req.id, member)]));
-        self.raft.change_membership(change, true).await.map_err(change_error)?;
+        self.change_membership(|| self.raft.change_membership(change.clone(), true)).await?;
         Ok(MemberUpdateResponse {
             header: Some(self.header(self.mvcc.revision())),
             members: self.member_list()?,
@@ -168,7 +198,7 @@ impl StoreNode {
             return Err(Status::failed_precondition(LEARNER_BEHIND));
         }
         let change = ChangeMembers::AddVoterIds(BTreeSet::from([req.id]));
-        self.raft.change_membership(change, true).await.map_err(change_error)?;
+        self.change_membership(|| self.raft.change_membership(change.clone(), true)).await?;
         tracing::info!(member = format_args!("{:x}", req.id), "learner promoted");
         Ok(MemberPromoteResponse {
             header: Some(self.header(self.mvcc.revision())),

@@ -45,6 +45,8 @@ pub struct StoreNode {
     pub watch_hub: Arc<WatchHub>,
     pub lessor: Arc<Lessor>,
     peers: PeerChannels,
+    /// One membership change at a time (see `membership`).
+    pub(crate) membership_lock: tokio::sync::Mutex<()>,
 }
 
 /// Turns a client error from the MVCC layer into etcd's gRPC status.
@@ -81,6 +83,7 @@ impl StoreNode {
             lessor,
             config,
             peers,
+            membership_lock: tokio::sync::Mutex::new(()),
         }
     }
 

@@ -239,9 +239,8 @@ impl WatchStream {
             Ok(None) => {}
         }
         let mvcc = self.node.mvcc.clone();
-        let history = tokio::task::spawn_blocking(move || mvcc.history(from, to, WATCH_BATCH_EVENTS_MAX))
-            .await
-            .ok()?;
+        let history =
+            tokio::task::spawn_blocking(move || mvcc.history(from, to, WATCH_BATCH_EVENTS_MAX)).await.ok()?;
         match history {
             Ok(history) => Some((history.events, history.next - 1)),
             Err(mvcc::KvError::Request(mvcc::MvccError::Compacted)) => None,

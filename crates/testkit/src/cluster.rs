@@ -123,6 +123,9 @@ pub struct Cluster {
     /// `setpriv`, when found: members then die with the spawner thread.
     setpriv: Option<PathBuf>,
     spawner: Spawner,
+    /// The options the cluster started with: members that join later get the same
+    /// token and extra flags.
+    options: ClusterOptions,
     /// Declared last: dropped after the members are dead.
     root: Option<tempfile::TempDir>,
 }
@@ -173,6 +176,7 @@ impl Cluster {
             ready_timeout: options.ready_timeout,
             setpriv,
             spawner: Spawner::new()?,
+            options,
             root: Some(root),
         };
         for index in 0..count {
@@ -313,6 +317,64 @@ impl Cluster {
         anyhow::ensure!(!self.is_running(index), "{} is still running", self.members[index].placement.name);
         self.spawn(index)?;
         self.wait_ready(&[index]).await
+    }
+
+    /// Prepares one more member that will join this running cluster the way etcd's
+    /// `member add` workflow does, and returns its index. It gets fresh loopback ports,
+    /// a data dir and a log file under the cluster's root, and the command line of the
+    /// other members (same token, same extra flags) except for
+    /// `--initial-cluster-state existing` and an `--initial-cluster` that lists the
+    /// members in `listed` and itself.
+    ///
+    /// It is not started: announce it first (MemberAdd with [`Cluster::peer_url`] of the
+    /// returned index), then start it with [`Cluster::start_joining`]. From then on it
+    /// is an ordinary member of this `Cluster` (stop, kill, restart, log, cleanup on drop).
+    pub fn add_joining_member(&mut self, placement: Placement, listed: &[usize]) -> anyhow::Result<usize> {
+        anyhow::ensure!(
+            self.members.iter().all(|member| member.placement.name != placement.name),
+            "a member named {} exists already",
+            placement.name
+        );
+        let root = self.root.as_ref().ok_or_else(|| anyhow!("the cluster's root is gone"))?.path();
+        let ports = free_ports(2)?;
+        let mut member = Member {
+            data_dir: root.join(format!("{}.data", placement.name)),
+            log_path: root.join(format!("{}.log", placement.name)),
+            placement,
+            client_port: ports[0],
+            peer_port: ports[1],
+            args: Vec::new(),
+            child: None,
+            id: AtomicU64::new(0),
+        };
+        std::fs::create_dir_all(&member.data_dir)?;
+        let mut initial_cluster = Vec::new();
+        for index in listed {
+            let other = self.members.get(*index).ok_or_else(|| anyhow!("no member {index} to list"))?;
+            initial_cluster.push(format!("{}={}", other.placement.name, other.peer_url()));
+        }
+        initial_cluster.push(format!("{}={}", member.placement.name, member.peer_url()));
+        member.args = member_args(&member, &initial_cluster.join(","), &self.options);
+        let state = member
+            .args
+            .iter()
+            .position(|arg| arg == "--initial-cluster-state")
+            .ok_or_else(|| anyhow!("member_args has no --initial-cluster-state"))?;
+        member.args[state + 1] = "existing".to_string();
+        self.members.push(member);
+        Ok(self.members.len() - 1)
+    }
+
+    /// Starts a member prepared by [`Cluster::add_joining_member`] and waits, bounded by
+    /// the ready timeout, until it answers Status with a leader (it does once the leader
+    /// replicates to it, so the cluster must already know it through MemberAdd).
+    pub async fn start_joining(&mut self, index: usize) -> anyhow::Result<()> {
+        self.restart(index).await
+    }
+
+    /// Member `index`'s `--data-dir`.
+    pub fn data_dir(&self, index: usize) -> &Path {
+        &self.members[index].data_dir
     }
 
     /// Deletes everything in stopped member `index`'s data dir.

@@ -7,6 +7,8 @@
 //!   `Maintenance.Status` with a known leader, and injects the faults a test needs:
 //!   crash ([`Cluster::kill`], SIGKILL), clean stop ([`Cluster::stop`], SIGTERM),
 //!   [`Cluster::restart`] and [`Cluster::wipe`]. Dropping it kills every member.
+//!   A member can also join later, as with etcd's `member add`:
+//!   [`Cluster::add_joining_member`] then [`Cluster::start_joining`].
 //! - [`tool`] (module `tools`): finds external programs (`etcdctl`) on PATH, skipping
 //!   a test politely when one is missing unless `FIVEFOLD_REQUIRE_ALL=1`.
 //! - [`linearizability`]: a checker of key-value histories (put, get, delete,

@@ -136,3 +136,160 @@ pub async fn assert_member_healthy(cluster: &Cluster, index: usize, key: &str) {
     let got = client.get(key, None).await.expect("get after put");
     assert_eq!(pairs(&got), [(key.to_string(), "healthy".to_string())], "member {index} after {key}");
 }
+
+/// The next response of a watch stream, within `limit`. Fails the test on a timeout,
+/// an error or the end of the stream, naming `what`.
+pub async fn next_watch_response<S>(stream: &mut S, limit: Duration, what: &str) -> etcd_client::WatchResponse
+where
+    S: futures::Stream<Item = Result<etcd_client::WatchResponse, etcd_client::Error>> + Unpin,
+{
+    use futures::StreamExt;
+    match tokio::time::timeout(limit, stream.next()).await {
+        Ok(Some(Ok(response))) => response,
+        Ok(Some(Err(error))) => panic!("{what}: watch stream failed: {error:?}"),
+        Ok(None) => panic!("{what}: watch stream ended"),
+        Err(_) => panic!("{what}: no watch response within {limit:?}"),
+    }
+}
+
+/// The revision in a watch response's header.
+pub fn watch_revision(response: &etcd_client::WatchResponse) -> i64 {
+    response.header().expect("watch response has a header").revision()
+}
+
+/// The store revision member `client` has applied: the header of a serializable
+/// (local) read, which does not wait for the leader.
+pub async fn applied_revision(client: &mut Client) -> Result<i64, String> {
+    let options = GetOptions::new().with_serializable().with_keys_only();
+    let response = client.get("fivefold-test/probe", Some(options)).await.map_err(|e| e.to_string())?;
+    Ok(header_revision(&response))
+}
+
+/// Waits, at most `limit`, until every member in `indexes` has applied the revision
+/// that a linearizable read on `indexes[0]` names, and returns that revision. Call it
+/// once writes have stopped.
+pub async fn wait_same_revision(cluster: &Cluster, indexes: &[usize], limit: Duration) -> i64 {
+    let first = cluster.client(indexes[0]).await;
+    let target = poll_until(limit, "a linearizable read names the latest revision", || {
+        let mut first = first.clone();
+        async move {
+            let response = first.get("fivefold-test/probe", None).await.map_err(|e| e.to_string())?;
+            Ok(header_revision(&response))
+        }
+    })
+    .await;
+    for &index in indexes {
+        let client = cluster.client(index).await;
+        poll_until(limit, &format!("member {index} applies revision {target}"), || {
+            let mut client = client.clone();
+            async move {
+                match applied_revision(&mut client).await? {
+                    revision if revision == target => Ok(()),
+                    revision => Err(format!("at revision {revision}")),
+                }
+            }
+        })
+        .await;
+    }
+    target
+}
+
+/// Every key and value under `prefix` in member `client`'s local (serializable)
+/// view, read in pages so that large key spaces stay under message limits.
+pub async fn local_pairs_under(
+    client: &mut Client,
+    prefix: &str,
+) -> Result<std::collections::BTreeMap<String, String>, etcd_client::Error> {
+    const PAGE: i64 = 1000;
+    let end = prefix_end(prefix.as_bytes());
+    let mut out = std::collections::BTreeMap::new();
+    let mut from = prefix.as_bytes().to_vec();
+    let mut revision = 0;
+    loop {
+        let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE).with_serializable();
+        if revision != 0 {
+            options = options.with_revision(revision);
+        }
+        let response = client.get(from.clone(), Some(options)).await?;
+        revision = header_revision(&response);
+        for kv in response.kvs() {
+            out.insert(text(kv.key()), text(kv.value()));
+        }
+        match response.kvs().last() {
+            Some(last) if response.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// The smallest key greater than every key that starts with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// `host:port` of a `http://host:port` URL: the endpoint form etcdctl 3.4 needs
+/// against fivefold (it sends an endpoint with a scheme as the HTTP/2 :authority).
+pub fn host_port(url: &str) -> String {
+    url.trim_start_matches("http://").to_string()
+}
+
+/// What one etcdctl run printed.
+#[derive(Debug)]
+pub struct CtlOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `etcdctl` (API v3) with `--endpoints` set to `endpoints` (host:port, comma
+/// separated) and `args`, bounded by 60 s (a command timeout of 20 s is passed).
+pub async fn run_etcdctl(program: &std::path::Path, endpoints: &str, args: &[&str]) -> CtlOutput {
+    const RUN_LIMIT: Duration = Duration::from_secs(60);
+    let mut command = tokio::process::Command::new(program);
+    command
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .args(["--dial-timeout=5s", "--command-timeout=20s"])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let child = command.spawn().expect("etcdctl starts");
+    let output = match tokio::time::timeout(RUN_LIMIT, child.wait_with_output()).await {
+        Ok(output) => output.expect("etcdctl runs"),
+        Err(_) => panic!("etcdctl {args:?} did not finish within {RUN_LIMIT:?}"),
+    };
+    CtlOutput {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Every value of `"field":VALUE` in a JSON text (numbers as written, strings with
+/// their quotes).
+pub fn json_field_values(json: &str, field: &str) -> Vec<String> {
+    let needle = format!("\"{field}\":");
+    json.match_indices(&needle)
+        .map(|(at, _)| {
+            let rest = &json[at + needle.len()..];
+            let end = if let Some(stripped) = rest.strip_prefix('"') {
+                stripped.find('"').map_or(rest.len(), |quote| quote + 2)
+            } else {
+                rest.find([',', '}', ']']).unwrap_or(rest.len())
+            };
+            rest[..end].to_string()
+        })
+        .collect()
+}

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: fivefold against Debian's etcd 3.4 on this machine,
+# same member count, same loopback network, both fsyncing, in one run.
+# Each workload runs against both systems in alternation (A B A B ...), and
+# the medians and the ratio fivefold/etcd are printed, with peak RSS.
+#
+#   bench/compare.sh                 # 3 members, 3 rounds, the default workloads
+#   MEMBERS=1 ROUNDS=5 bench/compare.sh
+#
+# Needs: etcd (apt-get install etcd-server; installed here if missing and root),
+# a release build of fivefold (built here if missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MEMBERS=${MEMBERS:-3}
+ROUNDS=${ROUNDS:-3}
+FIVEFOLD=${FIVEFOLD:-target/release/fivefold}
+WORK=$(mktemp -d /tmp/fivefold-compare.XXXXXX)
+PIDS=()
+
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+if ! command -v etcd >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
+    else
+        echo "etcd not found: apt-get install etcd-server" >&2; exit 1
+    fi
+fi
+[ -x "$FIVEFOLD" ] || cargo build --release -p cli
+
+# The workloads: name, then fivefold bench arguments (etcd's benchmark shapes).
+WORKLOADS=(
+    "put-1x1|put --clients 1 --conns 1 --total 2000 --key-space-size 100000"
+    "put-100x10|put --clients 100 --conns 10 --total 20000 --key-space-size 100000"
+    "put-1000x100|put --clients 1000 --conns 100 --total 40000 --key-space-size 100000"
+    "range-l-1000x100|range --clients 1000 --conns 100 --total 40000 --consistency l"
+    "range-s-1000x100|range --clients 1000 --conns 100 --total 40000 --consistency s"
+    "txn-put-100x10|txn-put --clients 100 --conns 10 --total 10000 --key-space-size 1000"
+)
+
+# start SYSTEM BASEPORT: starts MEMBERS members; prints the client endpoints.
+start() {
+    local system=$1 base=$2 cluster="" endpoints="" i
+    for ((i = 0; i < MEMBERS; i++)); do
+        cluster+="${cluster:+,}m$i=http://127.0.0.1:$((base + 10 * i + 1))"
+        endpoints+="${endpoints:+,}127.0.0.1:$((base + 10 * i))"
+    done
+    for ((i = 0; i < MEMBERS; i++)); do
+        local client=$((base + 10 * i)) peer=$((base + 10 * i + 1)) dir="$WORK/$system-m$i"
+        local args=(--name "m$i" --data-dir "$dir" --listen-client-urls "http://127.0.0.1:$client"
+            --advertise-client-urls "http://127.0.0.1:$client" --listen-peer-urls "http://127.0.0.1:$peer"
+            --initial-advertise-peer-urls "http://127.0.0.1:$peer" --initial-cluster "$cluster"
+            --initial-cluster-state new)
+        if [ "$system" = etcd ]; then
+            etcd "${args[@]}" >"$WORK/$system-m$i.log" 2>&1 &
+        else
+            "$FIVEFOLD" store "${args[@]}" >"$WORK/$system-m$i.log" 2>&1 &
+        fi
+        PIDS+=($!)
+        echo $! >>"$WORK/$system.pids"
+    done
+    # Ready when a write goes through.
+    for _ in $(seq 1 100); do
+        if "$FIVEFOLD" bench put --endpoints "$endpoints" --total 1 --time-limit 2s >/dev/null 2>&1; then
+            echo "$endpoints"; return 0
+        fi
+        sleep 0.1
+    done
+    echo "$system did not start; see $WORK/$system-*.log" >&2; exit 1
+}
+
+peak_rss_mib() {
+    local total=0 pid kb
+    for pid in $(cat "$WORK/$1.pids"); do
+        kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+        total=$((total > kb ? total : kb))
+    done
+    echo $((total / 1024))
+}
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); etcd $(etcd --version | head -1 | awk '{print $3}'); $MEMBERS members; $ROUNDS rounds"
+ETCD=$(start etcd 32379)
+FIVE=$(start fivefold 42379)
+RESULTS="$WORK/results.tsv"
+for entry in "${WORKLOADS[@]}"; do
+    name=${entry%%|*}; args=${entry#*|}
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for system in fivefold etcd; do
+            endpoints=$FIVE; [ "$system" = etcd ] && endpoints=$ETCD
+            # shellcheck disable=SC2086
+            json=$("$FIVEFOLD" bench $args --endpoints "$endpoints" --time-limit 60s --json)
+            printf '%s\t%s\t%s\n' "$name" "$system" "$json" >>"$RESULTS"
+        done
+    done
+done
+python3 - "$RESULTS" "$(peak_rss_mib fivefold)" "$(peak_rss_mib etcd)" <<'PY'
+import json, statistics, sys
+rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]
+names = list(dict.fromkeys(r[0] for r in rows))
+print(f"{'workload':<20} {'fivefold qps':>13} {'etcd qps':>10} {'ratio':>6}   {'fivefold p99':>12} {'etcd p99':>9}")
+for name in names:
+    med = {}
+    for system in ("fivefold", "etcd"):
+        reports = [json.loads(r[2]) for r in rows if r[0] == name and r[1] == system]
+        med[system] = (statistics.median(r["qps"] for r in reports), statistics.median(r["p99_ms"] for r in reports),
+                       sum(r["errors"] for r in reports))
+    f, e = med["fivefold"], med["etcd"]
+    errors = f"  errors f/e: {f[2]}/{e[2]}" if f[2] or e[2] else ""
+    print(f"{name:<20} {f[0]:>13.0f} {e[0]:>10.0f} {f[0]/e[0]:>6.2f}   {f[1]:>10.2f}ms {e[1]:>7.2f}ms{errors}")
+print(f"peak RSS of the largest member: fivefold {sys.argv[2]} MiB, etcd {sys.argv[3]} MiB")
+PY
