@@ -1,7 +1,11 @@
 //! The Raft log: the durable record of every write. Entries, the vote and the
-//! committed id live in their own redb file, and every append is committed with
-//! an fsync before openraft is told it is durable. openraft hands over every
-//! entry that is waiting at once, so concurrent proposals share one fsync.
+//! committed id live in their own redb file, and an append is reported to
+//! openraft as flushed only once it is committed with an fsync.
+//!
+//! Group commit: appends go to one writer thread, which takes every append
+//! waiting for it into one engine transaction and one fsync, then reports each
+//! as flushed. Until then the entries stay readable from memory (`pending`),
+//! because openraft replicates them to followers while they are written here.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -22,10 +26,96 @@ const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_LAST_PURGED: &str = "last_purged";
 
-/// The log store. Cloned handles share the database.
+/// Appends one writer transaction may take, at most.
+const GROUP_COMMIT_APPENDS_MAX: usize = 1024;
+
+/// Work for the writer thread, in the order openraft asked for it.
+enum Write {
+    Append(Vec<Entry>, LogFlushed<TypeConfig>),
+    /// Waits until everything sent before it is durable.
+    Barrier(std::sync::mpsc::SyncSender<()>),
+}
+
+/// The log store. Cloned handles share the database, the writer and the
+/// entries not yet durable.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    writer: std::sync::mpsc::Sender<Write>,
+    /// Appended but not yet committed: index → entry.
+    pending: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Entry>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the raft log writer stopped")]
+struct WriterGone;
+
+/// The writer thread: one transaction and one fsync for every append waiting.
+/// Runs until every `LogStore` handle is dropped.
+fn write_loop(
+    db: &Database,
+    pending: &std::sync::Mutex<std::collections::BTreeMap<u64, Entry>>,
+    queue: &std::sync::mpsc::Receiver<Write>,
+) {
+    while let Ok(first) = queue.recv() {
+        let mut appends = Vec::new();
+        let mut barriers = Vec::new();
+        let mut next = Some(first);
+        while let Some(write) = next.take() {
+            match write {
+                Write::Append(entries, callback) => appends.push((entries, callback)),
+                Write::Barrier(done) => barriers.push(done),
+            }
+            if appends.len() < GROUP_COMMIT_APPENDS_MAX {
+                next = queue.try_recv().ok();
+            }
+        }
+        let result = commit_appends(db, &appends);
+        if result.is_ok() {
+            let mut pending = pending.lock().expect("pending log lock");
+            for (entries, _) in &appends {
+                for entry in entries {
+                    // A later truncate may have replaced this index: drop only what was written.
+                    if pending.get(&entry.log_id.index).is_some_and(|e| e.log_id == entry.log_id) {
+                        pending.remove(&entry.log_id.index);
+                    }
+                }
+            }
+        }
+        for (_, callback) in appends {
+            let outcome = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            callback.log_io_completed(outcome);
+        }
+        if let Err(e) = result {
+            tracing::error!(error = %e, "raft log append failed; stopping the log writer");
+            return;
+        }
+        for done in barriers {
+            let _ = done.send(());
+        }
+    }
+}
+
+fn commit_appends(
+    db: &Database,
+    appends: &[(Vec<Entry>, LogFlushed<TypeConfig>)],
+) -> Result<(), StorageError> {
+    if appends.is_empty() {
+        return Ok(());
+    }
+    let txn = db.begin_write().map_err(write_err)?;
+    {
+        let mut table = txn.open_table(ENTRIES).map_err(write_err)?;
+        for (entries, _) in appends {
+            for entry in entries {
+                table.insert(entry.log_id.index, encode(entry)?.as_slice()).map_err(write_err)?;
+            }
+        }
+    }
+    txn.commit().map_err(write_err)
 }
 
 fn io_error(
@@ -64,7 +154,22 @@ impl LogStore {
         txn.open_table(ENTRIES).map_err(write_err)?;
         txn.open_table(STATE).map_err(write_err)?;
         txn.commit().map_err(write_err)?;
-        Ok(LogStore { db: Arc::new(db) })
+        let db = Arc::new(db);
+        let pending = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+        let (writer, queue) = std::sync::mpsc::channel();
+        let (thread_db, thread_pending) = (db.clone(), pending.clone());
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || write_loop(&thread_db, &thread_pending, &queue))
+            .map_err(write_err)?;
+        Ok(LogStore { db, writer, pending })
+    }
+
+    /// Waits until every append handed to the writer so far is durable.
+    fn flush(&self) -> Result<(), StorageError> {
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+        self.writer.send(Write::Barrier(done_tx)).map_err(|_| write_err(WriterGone))?;
+        done_rx.recv().map_err(|_| write_err(WriterGone))
     }
 
     fn get_state<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
@@ -101,15 +206,27 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         blocking(|| {
+            let bounds: (Bound<u64>, Bound<u64>) = (range.start_bound().cloned(), range.end_bound().cloned());
+            // Pending first: an entry leaves `pending` only after it is in the
+            // engine, so reading in this order never misses one.
+            let pending: Vec<Entry> = self
+                .pending
+                .lock()
+                .expect("pending log lock")
+                .range(bounds)
+                .map(|(_, e)| e.clone())
+                .collect();
             let txn = self.db.begin_read().map_err(read_err)?;
             let table = txn.open_table(ENTRIES).map_err(read_err)?;
-            let bounds: (Bound<u64>, Bound<u64>) = (range.start_bound().cloned(), range.end_bound().cloned());
-            let mut out = Vec::new();
+            let mut out: std::collections::BTreeMap<u64, Entry> = std::collections::BTreeMap::new();
             for row in table.range(bounds).map_err(read_err)? {
-                let (_, v) = row.map_err(read_err)?;
-                out.push(decode::<Entry>(v.value())?);
+                let (k, v) = row.map_err(read_err)?;
+                out.insert(k.value(), decode::<Entry>(v.value())?);
             }
-            Ok(out)
+            for entry in pending {
+                out.insert(entry.log_id.index, entry);
+            }
+            Ok(out.into_values().collect())
         })
     }
 }
@@ -120,7 +237,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         blocking(|| {
             let last_purged: Option<LogId> = self.get_state(KEY_LAST_PURGED)?;
-            let last = self.last_entry_id()?.or(last_purged);
+            let last_pending =
+                self.pending.lock().expect("pending log lock").values().next_back().map(|e| e.log_id);
+            let last = last_pending.or(self.last_entry_id()?).or(last_purged);
             Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
         })
     }
@@ -152,37 +271,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let result = blocking(|| {
-            let txn = self.db.begin_write().map_err(write_err)?;
-            {
-                let mut table = txn.open_table(ENTRIES).map_err(write_err)?;
-                let mut previous: Option<u64> = table.last().map_err(read_err)?.map(|(k, _)| k.value());
-                for entry in entries {
-                    let index = entry.log_id.index;
-                    if let Some(prev) = previous {
-                        assert!(index == prev + 1, "log indexes are contiguous: {prev} then {index}");
-                    }
-                    previous = Some(index);
-                    table.insert(index, encode(&entry)?.as_slice()).map_err(write_err)?;
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        {
+            let mut pending = self.pending.lock().expect("pending log lock");
+            for entry in &entries {
+                let index = entry.log_id.index;
+                if let Some((last, _)) = pending.iter().next_back() {
+                    assert!(index == last + 1, "log indexes are contiguous: {last} then {index}");
                 }
-            }
-            txn.commit().map_err(write_err)
-        });
-        match result {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(e)
+                pending.insert(index, entry.clone());
             }
         }
+        self.writer.send(Write::Append(entries, callback)).map_err(|_| write_err(WriterGone))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "truncating the log");
         blocking(|| {
+            self.flush()?;
+            self.pending.lock().expect("pending log lock").retain(|index, _| *index < log_id.index);
             let txn = self.db.begin_write().map_err(write_err)?;
             txn.open_table(ENTRIES)
                 .map_err(write_err)?
@@ -195,6 +302,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "purging the log");
         blocking(|| {
+            self.flush()?;
             let txn = self.db.begin_write().map_err(write_err)?;
             {
                 let mut state = txn.open_table(STATE).map_err(write_err)?;
