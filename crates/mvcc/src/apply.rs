@@ -84,6 +84,10 @@ impl<'s> ApplyBatch<'s> {
             Some(command::Kind::LeaseGrant(req)) => self.lease_grant(req),
             Some(command::Kind::LeaseRevoke(req)) => self.lease_revoke(req),
             Some(command::Kind::Alarm(req)) => self.alarm(req),
+            // A batch is unwrapped by the caller, one `apply` per command.
+            Some(command::Kind::Batch(_)) => {
+                Err(MvccError::InvalidRequest("nested command batch".into()).into())
+            }
             None => Err(KvError::Request(MvccError::InvalidRequest("empty command".into()))),
         };
         let kind = match result {

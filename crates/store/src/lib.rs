@@ -35,6 +35,7 @@ pub mod network;
 pub mod node;
 pub mod peer_service;
 pub mod placement;
+pub mod proposer;
 pub mod server;
 pub mod state_machine;
 pub mod types;

@@ -16,7 +16,7 @@ use etcd_proto::fivefoldpb::{
     command, command_response, Command, CommandResponse, MemberAttributes, ProposeRequest, ReadIndexRequest,
 };
 use mvcc::{MvccError, MvccStore};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use prost::Message;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -26,7 +26,8 @@ use crate::config::StoreConfig;
 use crate::identity::Identity;
 use crate::lessor::Lessor;
 use crate::network::PeerChannels;
-use crate::types::{Member, NodeId, Raft, Request};
+use crate::proposer::Proposer;
+use crate::types::{Member, NodeId, Raft};
 use crate::watch_hub::WatchHub;
 
 /// etcd's message when no leader is known.
@@ -45,6 +46,8 @@ pub struct StoreNode {
     pub watch_hub: Arc<WatchHub>,
     pub lessor: Arc<Lessor>,
     peers: PeerChannels,
+    /// Batches this member's proposals while it leads (see `proposer`).
+    proposer: Proposer,
     /// One membership change at a time (see `membership`).
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
 }
@@ -75,6 +78,7 @@ impl StoreNode {
         peers: PeerChannels,
     ) -> StoreNode {
         StoreNode {
+            proposer: Proposer::start(raft.clone()),
             member_id: identity.member_id,
             cluster_id: identity.cluster_id,
             raft,
@@ -172,18 +176,9 @@ impl StoreNode {
 
     /// Proposes on this member, which must be the leader.
     pub async fn propose_here(&self, command: Command, deadline: Instant) -> Result<CommandResponse, Status> {
-        match tokio::time::timeout_at(deadline, self.raft.client_write(Request(command))).await {
+        match tokio::time::timeout_at(deadline, self.proposer.propose(command)).await {
             Err(_) => Err(Status::unavailable(REQUEST_TIMED_OUT)),
-            Ok(Ok(written)) => Ok(written.data.0),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                Err(Status::unavailable(NOT_LEADER))
-            }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                Err(Status::failed_precondition(format!("etcdserver: {e}")))
-            }
-            Ok(Err(RaftError::Fatal(e))) => {
-                Err(Status::unavailable(format!("etcdserver: server stopped: {e}")))
-            }
+            Ok(result) => result,
         }
     }
 

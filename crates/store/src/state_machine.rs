@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_proto::fivefoldpb::{command_response, CommandResponse, Empty};
+use etcd_proto::fivefoldpb::{
+    command, command_response, Command, CommandBatchResponse, CommandResponse, Empty,
+};
 use mvcc::MvccStore;
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
@@ -19,7 +21,7 @@ use serde::de::DeserializeOwned;
 
 use crate::lessor::Lessor;
 use crate::types::{
-    Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 use crate::watch_hub::WatchHub;
 
@@ -166,6 +168,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 last = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => responses.push(empty_response(batch.revision())),
+                    EntryPayload::Normal(Request(Command {
+                        kind: Some(command::Kind::Batch(proposals)),
+                    })) => {
+                        let mut each = Vec::with_capacity(proposals.commands.len());
+                        for proposal in &proposals.commands {
+                            each.push(batch.apply(proposal).map_err(|e| sm_error(ErrorVerb::Write, e))?);
+                        }
+                        let kind = command_response::Kind::Batch(CommandBatchResponse { responses: each });
+                        responses
+                            .push(Response(CommandResponse { kind: Some(kind), revision: batch.revision() }));
+                    }
                     EntryPayload::Normal(request) => {
                         let response = batch.apply(&request.0).map_err(|e| sm_error(ErrorVerb::Write, e))?;
                         responses.push(Response(response));

@@ -71,6 +71,7 @@ impl fmt::Display for Request {
             Some(Kind::LeaseGrant(_)) => "lease_grant",
             Some(Kind::LeaseRevoke(_)) => "lease_revoke",
             Some(Kind::Alarm(_)) => "alarm",
+            Some(Kind::Batch(_)) => "batch",
             None => "empty",
         };
         f.write_str(kind)

@@ -1,0 +1,139 @@
+//! Proposal batching on the leader: concurrent writes share one log entry.
+//!
+//! openraft 0.9 appends each proposal with its own fsync and waits for it
+//! before taking the next, so without batching a leader commits one write per
+//! fsync. The proposer takes every write waiting for it, wraps them in one
+//! `CommandBatch` entry (applied command by command, each with its own
+//! revision), and hands out each command's response. While a batch is in
+//! flight the next one fills up: the busier the leader, the bigger the batch.
+
+use std::sync::Arc;
+
+use etcd_proto::fivefoldpb::{command, command_response, Command, CommandBatch, CommandResponse};
+use openraft::error::ClientWriteError;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tonic::Status;
+
+use crate::node::NOT_LEADER;
+use crate::types::{Raft, Request};
+
+/// Commands in one batch, at most.
+pub const BATCH_COMMANDS_MAX: usize = 1_024;
+/// Encoded bytes of one batch, at most (a single larger command goes alone).
+pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Batches handed to Raft and not yet applied, at most.
+pub const BATCHES_IN_FLIGHT_MAX: usize = 8;
+/// Proposals waiting for a batch, at most; callers wait beyond that.
+pub const PROPOSALS_QUEUED_MAX: usize = 16_384;
+
+type Reply = oneshot::Sender<Result<CommandResponse, Status>>;
+
+struct Proposal {
+    command: Command,
+    reply: Reply,
+}
+
+/// Hands proposals to the batching task.
+#[derive(Clone)]
+pub struct Proposer {
+    queue: mpsc::Sender<Proposal>,
+}
+
+impl std::fmt::Debug for Proposer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proposer").finish_non_exhaustive()
+    }
+}
+
+fn stopped() -> Status {
+    Status::unavailable("etcdserver: server stopped")
+}
+
+impl Proposer {
+    /// Starts the batching task; it ends when every `Proposer` is dropped.
+    pub fn start(raft: Raft) -> Proposer {
+        let (queue, proposals) = mpsc::channel(PROPOSALS_QUEUED_MAX);
+        tokio::spawn(run(raft, proposals));
+        Proposer { queue }
+    }
+
+    /// Proposes one command on this member (the leader) and waits until it is
+    /// applied. `NOT_LEADER` when this member does not lead.
+    pub async fn propose(&self, command: Command) -> Result<CommandResponse, Status> {
+        let (reply, response) = oneshot::channel();
+        self.queue.send(Proposal { command, reply }).await.map_err(|_| stopped())?;
+        response.await.map_err(|_| stopped())?
+    }
+}
+
+async fn run(raft: Raft, mut proposals: mpsc::Receiver<Proposal>) {
+    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+    while let Some(first) = proposals.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        // Take everything that is waiting, within the limits.
+        let mut bytes = first.command.encoded_len();
+        let mut batch = vec![first];
+        while batch.len() < BATCH_COMMANDS_MAX && bytes < BATCH_BYTES_MAX {
+            match proposals.try_recv() {
+                Ok(next) => {
+                    bytes += next.command.encoded_len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let (commands, replies): (Vec<Command>, Vec<Reply>) =
+            batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+        let entry = if commands.len() == 1 {
+            commands.into_iter().next().expect("one command")
+        } else {
+            Command { kind: Some(command::Kind::Batch(CommandBatch { commands })) }
+        };
+        let receiver = match raft.client_write_ff(Request(entry)).await {
+            Ok(receiver) => receiver,
+            Err(e) => {
+                let status = Status::unavailable(format!("etcdserver: server stopped: {e}"));
+                for reply in replies {
+                    let _ = reply.send(Err(status.clone()));
+                }
+                continue;
+            }
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            let outcome = match receiver.await {
+                Err(_) => Err(stopped()),
+                Ok(Ok(written)) => Ok(written.data.0),
+                Ok(Err(ClientWriteError::ForwardToLeader(_))) => Err(Status::unavailable(NOT_LEADER)),
+                Ok(Err(ClientWriteError::ChangeMembershipError(e))) => {
+                    Err(Status::failed_precondition(format!("etcdserver: {e}")))
+                }
+            };
+            distribute(outcome, replies);
+        });
+    }
+}
+
+/// Gives each waiting caller its own response (or the batch's error).
+fn distribute(outcome: Result<CommandResponse, Status>, replies: Vec<Reply>) {
+    match outcome {
+        Err(status) => {
+            for reply in replies {
+                let _ = reply.send(Err(status.clone()));
+            }
+        }
+        Ok(CommandResponse { kind: Some(command_response::Kind::Batch(batch)), .. }) => {
+            assert_eq!(batch.responses.len(), replies.len(), "one response per batched command");
+            for (reply, response) in replies.into_iter().zip(batch.responses) {
+                let _ = reply.send(Ok(response));
+            }
+        }
+        Ok(single) => {
+            assert_eq!(replies.len(), 1, "an unbatched entry answers one caller");
+            for reply in replies {
+                let _ = reply.send(Ok(single.clone()));
+            }
+        }
+    }
+}
