@@ -34,7 +34,7 @@ impl Cluster for ClusterService {
         let req = request.into_inner();
         let node = &self.node;
         let reply = node
-            .on_leader_async(
+            .on_leader(
                 || node.member_add_here(req.clone()),
                 |mut client, deadline| {
                     let req = req.clone();
@@ -55,7 +55,7 @@ impl Cluster for ClusterService {
         let req = request.into_inner();
         let node = &self.node;
         let reply = node
-            .on_leader_async(
+            .on_leader(
                 || node.member_remove_here(req),
                 |mut client, deadline| async move {
                     client.member_remove(with_deadline(req, deadline)).await.map(|r| r.into_inner())
@@ -77,7 +77,7 @@ impl Cluster for ClusterService {
         let req = request.into_inner();
         let node = &self.node;
         let reply = node
-            .on_leader_async(
+            .on_leader(
                 || node.member_update_here(req.clone()),
                 |mut client, deadline| {
                     let req = req.clone();
@@ -98,7 +98,7 @@ impl Cluster for ClusterService {
         let req = request.into_inner();
         let node = &self.node;
         let reply = node
-            .on_leader_async(
+            .on_leader(
                 || node.member_promote_here(req),
                 |mut client, deadline| async move {
                     client.member_promote(with_deadline(req, deadline)).await.map(|r| r.into_inner())

@@ -30,6 +30,13 @@ use crate::proposer::Proposer;
 use crate::types::{Member, NodeId, Raft};
 use crate::watch_hub::WatchHub;
 
+/// Reads that may wait for a read-index round; more wait for room.
+const READS_QUEUED_MAX: usize = 65_536;
+/// Reads one read-index round answers, at most.
+const READS_PER_ROUND_MAX: usize = 16_384;
+
+type ReadReply = tokio::sync::oneshot::Sender<Result<u64, Status>>;
+
 /// etcd's message when no leader is known.
 pub const NO_LEADER: &str = "etcdserver: no leader";
 /// etcd's message when a request ran out of time.
@@ -48,6 +55,9 @@ pub struct StoreNode {
     peers: PeerChannels,
     /// Batches this member's proposals while it leads (see `proposer`).
     proposer: Proposer,
+    /// Reads waiting for a read index (see `run_read_rounds`).
+    read_rounds: tokio::sync::mpsc::Sender<ReadReply>,
+    read_round_queue: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<ReadReply>>>,
     /// One membership change at a time (see `membership`).
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
 }
@@ -77,7 +87,10 @@ impl StoreNode {
         identity: Identity,
         peers: PeerChannels,
     ) -> StoreNode {
+        let (read_rounds, read_round_queue) = tokio::sync::mpsc::channel(READS_QUEUED_MAX);
         StoreNode {
+            read_rounds,
+            read_round_queue: std::sync::Mutex::new(Some(read_round_queue)),
             proposer: Proposer::start(raft.clone()),
             member_id: identity.member_id,
             cluster_id: identity.cluster_id,
@@ -211,6 +224,43 @@ impl StoreNode {
     /// it are linearizable.
     pub async fn read_barrier(&self) -> Result<(), Status> {
         let deadline = Instant::now() + self.config.request_timeout;
+        let (reply, index) = tokio::sync::oneshot::channel();
+        self.read_rounds.send(reply).await.map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
+        let index = match tokio::time::timeout_at(deadline, index).await {
+            Err(_) => return Err(Status::unavailable(REQUEST_TIMED_OUT)),
+            Ok(Err(_)) => return Err(Status::unavailable("etcdserver: server stopped")),
+            Ok(Ok(index)) => index?,
+        };
+        self.wait_applied(index, deadline).await
+    }
+
+    /// Read-index rounds: every read waiting when a round starts shares its
+    /// one quorum confirmation. A read that arrives during a round waits for
+    /// the next, which starts after it arrived — so the index it gets is at
+    /// least the commit index at its arrival, as linearizability needs.
+    /// Runs until the member stops.
+    pub async fn run_read_rounds(self: Arc<Self>) {
+        let Some(mut waiting) = self.read_round_queue.lock().expect("read round queue lock").take() else {
+            return;
+        };
+        while let Some(first) = waiting.recv().await {
+            let mut readers = vec![first];
+            while readers.len() < READS_PER_ROUND_MAX {
+                match waiting.try_recv() {
+                    Ok(next) => readers.push(next),
+                    Err(_) => break,
+                }
+            }
+            let index = self.read_index().await;
+            for reader in readers {
+                let _ = reader.send(index.clone());
+            }
+        }
+    }
+
+    /// One read index, from this member if it leads, else from the leader.
+    async fn read_index(&self) -> Result<u64, Status> {
+        let deadline = Instant::now() + self.config.request_timeout;
         loop {
             let (leader_id, leader) = self.leader(deadline).await?;
             let index = if leader_id == self.member_id {
@@ -219,7 +269,7 @@ impl StoreNode {
                 self.read_index_from(&leader, deadline).await
             };
             match index {
-                Ok(index) => return self.wait_applied(index, deadline).await,
+                Ok(index) => return Ok(index),
                 Err(status) if status.message() == NOT_LEADER => {
                     self.leadership_change(Some(leader_id), deadline).await;
                     if Instant::now() >= deadline {
@@ -327,17 +377,7 @@ impl StoreNode {
 
     /// Runs a leader-only call: here when this member leads, else on the
     /// leader through the peer service; retried when leadership moves.
-    async fn on_leader<T, Here, Remote, Fut>(&self, here: Here, remote: Remote) -> Result<T, Status>
-    where
-        Here: Fn() -> Result<T, Status>,
-        Remote: Fn(PeerClient<Channel>, Instant) -> Fut,
-        Fut: std::future::Future<Output = Result<T, Status>>,
-    {
-        self.on_leader_async(|| std::future::ready(here()), remote).await
-    }
-
-    /// `on_leader` for a call that is itself asynchronous on the leader.
-    pub async fn on_leader_async<T, Here, HereFut, Remote, Fut>(
+    pub async fn on_leader<T, Here, HereFut, Remote, Fut>(
         &self,
         here: Here,
         remote: Remote,
@@ -388,10 +428,26 @@ impl StoreNode {
         .await
     }
 
-    pub fn lease_renew_here(&self, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
+    /// Waits until this member has applied everything it knows committed, so
+    /// that lease answers reflect every grant and revoke the cluster
+    /// acknowledged (etcd does the same before lease operations).
+    async fn apply_committed(&self) -> Result<(), Status> {
+        let committed = self
+            .raft
+            .with_raft_state(|state| state.committed.map(|id| id.index))
+            .await
+            .map_err(|e| Status::unavailable(format!("etcdserver: server stopped: {e}")))?;
+        match committed {
+            Some(index) => self.wait_applied(index, Instant::now() + self.config.request_timeout).await,
+            None => Ok(()),
+        }
+    }
+
+    pub async fn lease_renew_here(&self, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
         if !self.is_leader() {
             return Err(Status::unavailable(NOT_LEADER));
         }
+        self.apply_committed().await?;
         let ttl = self.lessor.renew(id).unwrap_or(0);
         Ok(LeaseKeepAliveResponse { header: Some(self.header(self.mvcc.revision())), id, ttl })
     }
@@ -412,13 +468,14 @@ impl StoreNode {
         .await
     }
 
-    pub fn lease_time_to_live_here(
+    pub async fn lease_time_to_live_here(
         &self,
         req: &LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse, Status> {
         if !self.is_leader() {
             return Err(Status::unavailable(NOT_LEADER));
         }
+        self.apply_committed().await?;
         let header = Some(self.header(self.mvcc.revision()));
         let stored = self.mvcc.lease(req.id).map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
         let (Some(remaining), Some(record)) = (self.lessor.remaining(req.id), stored) else {

@@ -56,14 +56,14 @@ impl Peer for PeerService {
         &self,
         request: Request<etcd_proto::etcdserverpb::LeaseKeepAliveRequest>,
     ) -> Result<Response<etcd_proto::etcdserverpb::LeaseKeepAliveResponse>, Status> {
-        Ok(Response::new(self.node.lease_renew_here(request.get_ref().id)?))
+        Ok(Response::new(self.node.lease_renew_here(request.get_ref().id).await?))
     }
 
     async fn lease_time_to_live(
         &self,
         request: Request<etcd_proto::etcdserverpb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<etcd_proto::etcdserverpb::LeaseTimeToLiveResponse>, Status> {
-        Ok(Response::new(self.node.lease_time_to_live_here(request.get_ref())?))
+        Ok(Response::new(self.node.lease_time_to_live_here(request.get_ref()).await?))
     }
 
     async fn member_add(

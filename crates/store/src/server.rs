@@ -178,6 +178,7 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
     if config.initial_cluster_state == ClusterState::New {
         node.bootstrap().await.map_err(|e| ServerError::Raft(e.message().to_string()))?;
     }
+    let read_rounds = tokio::spawn(node.clone().run_read_rounds());
     let publisher = tokio::spawn(node.clone().publish_attributes());
     let lease_clock = tokio::spawn(node.clone().run_lease_expiry());
     let promoter = tokio::spawn(node.clone().run_promoter());
@@ -193,6 +194,7 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
     };
     tracing::info!("member stopping");
     publisher.abort();
+    read_rounds.abort();
     lease_clock.abort();
     promoter.abort();
     if let Some(compactor) = compactor {
