@@ -86,6 +86,17 @@ pub struct StoreArgs {
     /// a plain number means hours, as in etcd) or a revision count. 0: off.
     #[arg(long, default_value = "0")]
     pub auto_compaction_retention: String,
+    /// The city the leader should live in; leadership moves back there when a
+    /// caught-up voter in it is available.
+    #[arg(long)]
+    pub primary_city: Option<String>,
+    /// Cities of the initial members, NAME=CITY,... : starting is refused if one
+    /// city would hold a majority of the voters.
+    #[arg(long)]
+    pub initial_cluster_placement: Option<String>,
+    /// Start even if one city holds a majority of the initial voters.
+    #[arg(long)]
+    pub allow_majority_city: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -178,6 +189,16 @@ impl StoreArgs {
             config.quota_backend_bytes = self.quota_backend_bytes;
         }
         config.auto_compaction = auto_compaction(self.auto_compaction_mode, &self.auto_compaction_retention)?;
+        config.primary_city = self.primary_city.clone();
+        config.allow_majority_city = self.allow_majority_city;
+        if let Some(placement) = &self.initial_cluster_placement {
+            for entry in placement.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                let (name, city) = entry.split_once('=').ok_or_else(|| {
+                    anyhow::anyhow!("--initial-cluster-placement: {entry:?} is not NAME=CITY")
+                })?;
+                config.initial_cities.push((name.to_string(), city.to_string()));
+            }
+        }
         config.validate()?;
         Ok(config)
     }

@@ -22,6 +22,8 @@ use tokio::time::Instant;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long members may take to stop after SIGTERM before they are killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The city the leader lives in while it can.
+const PRIMARY_CITY: &str = "hangzhou";
 /// Ports of member i: client = base + PORT_STRIDE * i, peer = client + 1.
 const PORT_STRIDE: u16 = 10;
 
@@ -51,6 +53,7 @@ fn spawn_member(
     client_url: &str,
     peer_url: &str,
     cluster: &str,
+    placement: &str,
 ) -> anyhow::Result<(PathBuf, Child)> {
     let log = data_dir.join(format!("{}.log", spec.name));
     let log_file = std::fs::OpenOptions::new()
@@ -65,6 +68,7 @@ fn spawn_member(
         .arg(data_dir.join(spec.name))
         .args(["--listen-client-urls", client_url, "--listen-peer-urls", peer_url])
         .args(["--initial-cluster", cluster, "--initial-cluster-token", "fivefold-up"])
+        .args(["--initial-cluster-placement", placement, "--primary-city", PRIMARY_CITY])
         .args(["--city", spec.city, "--dc", spec.name])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -140,9 +144,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .map(|(m, (_, peer))| format!("{}={peer}", m.name))
         .collect();
     let cluster = cluster.join(",");
+    let placement: Vec<String> =
+        topology::DEFAULT_MEMBERS.iter().map(|m| format!("{}={}", m.name, m.city)).collect();
+    let placement = placement.join(",");
     let mut members = Vec::new();
     for (spec, (client_url, peer_url)) in topology::DEFAULT_MEMBERS.iter().zip(urls) {
-        let (log, child) = spawn_member(&exe, &args.data_dir, spec, &client_url, &peer_url, &cluster)?;
+        let (log, child) =
+            spawn_member(&exe, &args.data_dir, spec, &client_url, &peer_url, &cluster, &placement)?;
         members.push(Member { name: spec.name, city: spec.city, client_url, peer_url, log, child });
     }
     if let Err(e) = wait_ready(&mut members).await {

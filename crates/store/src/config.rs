@@ -49,6 +49,14 @@ pub struct StoreConfig {
     pub quota_backend_bytes: u64,
     /// Automatic compaction, if any.
     pub auto_compaction: Option<AutoCompaction>,
+    /// The city the leader should live in while it has a healthy voter there;
+    /// leadership moves back to it after it recovers.
+    pub primary_city: Option<String>,
+    /// Cities of the initial members by name (`--initial-cluster-placement`),
+    /// for the placement check; members not listed are not checked.
+    pub initial_cities: Vec<(String, String)>,
+    /// Start even if one city holds a majority of the initial voters.
+    pub allow_majority_city: bool,
 }
 
 /// etcd's `--auto-compaction-mode` and `--auto-compaction-retention`.
@@ -73,6 +81,12 @@ pub enum ConfigError {
     DuplicateMember { name: String },
     #[error("{0}")]
     Invalid(String),
+    #[error(
+        "city {city} would hold {held} of {voters} voters: losing that one city could lose acknowledged \
+         writes, and cut off from it the other cities could not elect a leader. Spread the voters so that no \
+         city holds a majority (the default deployment is 2 + 2 + 1), or pass --allow-majority-city to accept the risk"
+    )]
+    MajorityCity { city: String, held: usize, voters: usize },
     #[error(transparent)]
     Topology(#[from] topology::TopologyError),
 }
@@ -128,6 +142,9 @@ impl StoreConfig {
             watch_progress_notify_interval: Duration::from_secs(600),
             quota_backend_bytes: QUOTA_BACKEND_BYTES_DEFAULT,
             auto_compaction: None,
+            primary_city: None,
+            initial_cities: Vec::new(),
+            allow_majority_city: false,
         }
     }
 
@@ -173,10 +190,36 @@ impl StoreConfig {
                 "the watch progress notify interval must be at least 10ms".into(),
             ));
         }
+        self.check_placement()?;
         if self.snapshot_count == 0 {
             return Err(ConfigError::Invalid("--snapshot-count must be positive".into()));
         }
         Ok(())
+    }
+
+    /// Refuses an initial placement in which one city holds a majority of the
+    /// voters, unless allowed.
+    fn check_placement(&self) -> Result<(), ConfigError> {
+        for (name, city) in &self.initial_cities {
+            topology::validate_name("city", city)?;
+            if !self.initial_cluster.iter().any(|(n, _)| n == name) {
+                return Err(ConfigError::Invalid(format!(
+                    "--initial-cluster-placement names {name}, which --initial-cluster does not list"
+                )));
+            }
+        }
+        if self.allow_majority_city || self.initial_cities.len() < self.initial_cluster.len() {
+            return Ok(());
+        }
+        let cities = self.initial_cities.iter().map(|(_, city)| city.as_str());
+        match topology::city_holding_majority(cities) {
+            Some(city) => Err(ConfigError::MajorityCity {
+                city: city.to_string(),
+                held: self.initial_cities.iter().filter(|(_, c)| c == city).count(),
+                voters: self.initial_cluster.len(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// The initial members with their ids, as every member computes them.
@@ -219,6 +262,26 @@ mod tests {
         let cluster = parse_initial_cluster("a=http://127.0.0.1:1,b=http://127.0.0.1:2").unwrap();
         assert_eq!(cluster.len(), 2);
         assert!(parse_initial_cluster("a").is_err());
+    }
+
+    #[test]
+    fn a_city_holding_a_majority_is_refused_unless_allowed() {
+        let mut c = StoreConfig::new("a", "/tmp/x".into());
+        c.initial_cluster =
+            ["a", "b", "c"].iter().map(|n| (n.to_string(), "http://127.0.0.1:1".into())).collect();
+        c.initial_cities =
+            vec![("a".into(), "hz".into()), ("b".into(), "hz".into()), ("c".into(), "sh".into())];
+        let err = c.validate().unwrap_err();
+        assert!(
+            matches!(err, ConfigError::MajorityCity { ref city, held: 2, voters: 3 } if city == "hz"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--allow-majority-city"));
+        c.allow_majority_city = true;
+        assert!(c.validate().is_ok());
+        c.allow_majority_city = false;
+        c.initial_cities[1].1 = "sz".into();
+        assert!(c.validate().is_ok());
     }
 
     #[test]

@@ -17,14 +17,20 @@ use tonic::Status;
 use crate::node::StoreNode;
 use crate::types::NodeId;
 
+/// How often the leader checks whether it lives in the primary city.
+pub const LEADER_PLACEMENT_CHECK: Duration = Duration::from_secs(1);
+/// How long a leader leads before it hands leadership to the primary city,
+/// so that a flapping member does not drag leadership back and forth.
+const LEADER_SETTLE_ELECTION_TIMEOUTS: u32 = 3;
+
 const BAD_TRANSFEREE: &str = "etcdserver: bad leader transferee";
 const NOT_LEADER_ETCD: &str = "etcdserver: not leader";
 const TRANSFER_TIMEOUT: &str = "etcdserver: leader transfer timeout";
 
 impl StoreNode {
+    /// openraft's `election_timeout_max`, which is also its followers' leader lease.
     fn election_timeout_max(&self) -> Duration {
-        let timeout = self.config.election_timeout;
-        timeout + timeout / 2
+        self.config.election_timeout
     }
 
     /// Makes `target` the leader. Must run on the leader.
@@ -103,6 +109,49 @@ impl StoreNode {
                 _ => return false,
             }
         }
+    }
+
+    /// Keeps the leader in the primary city: while this member leads from
+    /// another city and a voter in the primary city holds every entry, moves
+    /// leadership there (a transfer, not an election lost by timeout). Runs
+    /// until the member stops; does nothing without `--primary-city`.
+    pub async fn run_leader_placement(self: std::sync::Arc<Self>) {
+        let Some(primary) = self.config.primary_city.clone() else { return };
+        let mut ticker = tokio::time::interval(LEADER_PLACEMENT_CHECK);
+        let mut leading_since: Option<Instant> = None;
+        loop {
+            ticker.tick().await;
+            if !self.is_leader() {
+                leading_since = None;
+                continue;
+            }
+            let since = *leading_since.get_or_insert_with(Instant::now);
+            if self.config.city == primary
+                || since.elapsed() < self.config.election_timeout * LEADER_SETTLE_ELECTION_TIMEOUTS
+            {
+                continue;
+            }
+            let Some(target) = self.caught_up_voter_in(&primary) else { continue };
+            tracing::info!(city = %primary, target = format_args!("{target:x}"), "moving leadership to the primary city");
+            if let Err(status) = self.move_leader(target).await {
+                tracing::warn!(%status, "moving leadership to the primary city failed; will retry");
+            }
+            leading_since = None;
+        }
+    }
+
+    /// A voter in `city` (by its published labels) that holds every entry.
+    fn caught_up_voter_in(&self, city: &str) -> Option<NodeId> {
+        let attributes = self.mvcc.member_attributes().ok()?;
+        let metrics = self.raft.metrics().borrow().clone();
+        let last = metrics.last_log_index?;
+        let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+        let replication = metrics.replication.as_ref()?;
+        attributes
+            .iter()
+            .filter(|a| a.city == city && voters.contains(&a.member_id) && a.member_id != self.member_id)
+            .map(|a| a.member_id)
+            .find(|id| replication.get(id).cloned().flatten().is_some_and(|matched| matched.index >= last))
     }
 
     /// Stops this member's election timer for `hold`, then restarts it.

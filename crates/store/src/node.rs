@@ -211,6 +211,12 @@ impl StoreNode {
                 .response
                 .ok_or_else(|| Status::internal("etcdserver: leader sent an empty response")),
             Err(status) if status.message() == NOT_LEADER => Err(status),
+            // The leader could not be reached at all: nothing was sent, so the
+            // write can go to whoever leads next.
+            Err(status) if never_sent(&status) => {
+                tracing::debug!(%status, leader = %leader, "leader unreachable; waiting for the next one");
+                Err(Status::unavailable(NOT_LEADER))
+            }
             // The leader may or may not have the write: the outcome is unknown.
             Err(status) => {
                 tracing::debug!(%status, leader = %leader, "forwarding a write failed");
@@ -556,6 +562,24 @@ impl StoreNode {
         }
         Err(status_of(&MvccError::NoSpace))
     }
+}
+
+/// Whether a failed peer call never reached the peer (the connection could not
+/// be made), so that retrying it elsewhere cannot apply it twice.
+fn never_sent(status: &Status) -> bool {
+    use std::error::Error as _;
+    if status.code() != Code::Unavailable {
+        return false;
+    }
+    let mut source = status.source();
+    while let Some(error) = source {
+        if error.to_string().contains("tcp connect error") || error.to_string().contains("Connection refused")
+        {
+            return true;
+        }
+        source = error.source();
+    }
+    status.message().contains("tcp connect error")
 }
 
 /// An applied command's response, or the etcd error it carries.

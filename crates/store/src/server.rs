@@ -59,8 +59,13 @@ fn raft_config(config: &StoreConfig) -> Result<openraft::Config, ServerError> {
     openraft::Config {
         cluster_name: config.initial_cluster_token.clone(),
         heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
-        election_timeout_min: election_ms,
-        election_timeout_max: election_ms + election_ms / 2,
+        // openraft's followers refuse votes for `election_timeout_max` after the
+        // last heartbeat (its leader lease), so a first campaign before that
+        // is always lost: randomising in [3/4 timeout, timeout] lets the
+        // second one come soon after the lease, not a whole timeout later.
+        // (Not lower: a member stalled for the minimum starts an election.)
+        election_timeout_min: election_ms * 3 / 4,
+        election_timeout_max: election_ms,
         max_payload_entries: APPEND_ENTRIES_MAX,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
         max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,
@@ -182,6 +187,7 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
     let publisher = tokio::spawn(node.clone().publish_attributes());
     let lease_clock = tokio::spawn(node.clone().run_lease_expiry());
     let promoter = tokio::spawn(node.clone().run_promoter());
+    let placement = tokio::spawn(node.clone().run_leader_placement());
     let compactor = config.auto_compaction.map(|mode| tokio::spawn(node.clone().run_auto_compaction(mode)));
 
     let outcome = tokio::select! {
@@ -197,6 +203,7 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
     read_rounds.abort();
     lease_clock.abort();
     promoter.abort();
+    placement.abort();
     if let Some(compactor) = compactor {
         compactor.abort();
     }

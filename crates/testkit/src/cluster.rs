@@ -286,6 +286,25 @@ impl Cluster {
         Ok(())
     }
 
+    /// Freezes member `index` (SIGSTOP): it holds its sockets and state but
+    /// answers nothing, like a stalled machine. [`Cluster::resume`] thaws it.
+    pub fn pause(&mut self, index: usize) -> anyhow::Result<()> {
+        self.signal(index, nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// Thaws a member frozen by [`Cluster::pause`] (SIGCONT).
+    pub fn resume(&mut self, index: usize) -> anyhow::Result<()> {
+        self.signal(index, nix::sys::signal::Signal::SIGCONT)
+    }
+
+    fn signal(&mut self, index: usize, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        let name = self.members[index].placement.name.clone();
+        let child = self.members[index].child.as_ref().ok_or_else(|| anyhow!("{name} is not running"))?;
+        let pid = i32::try_from(child.id()).context("pid out of range")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+            .with_context(|| format!("{signal} {name}"))
+    }
+
     /// Stops member `index` with SIGTERM and waits up to 10 s for it to exit; if it
     /// does not, kills it and fails. Returns its exit status.
     pub async fn stop(&mut self, index: usize) -> anyhow::Result<ExitStatus> {
