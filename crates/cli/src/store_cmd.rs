@@ -97,6 +97,10 @@ pub struct StoreArgs {
     /// Start even if one city holds a majority of the initial voters.
     #[arg(long)]
     pub allow_majority_city: bool,
+    /// Accept fault-injection rules (drop or delay messages to peers) over the
+    /// peer port. For tests and demos only; never in production.
+    #[arg(long, hide = true)]
+    pub experimental_fault_injection: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -191,6 +195,7 @@ impl StoreArgs {
         config.auto_compaction = auto_compaction(self.auto_compaction_mode, &self.auto_compaction_retention)?;
         config.primary_city = self.primary_city.clone();
         config.allow_majority_city = self.allow_majority_city;
+        config.fault_injection = self.experimental_fault_injection;
         if let Some(placement) = &self.initial_cluster_placement {
             for entry in placement.split(',').map(str::trim).filter(|e| !e.is_empty()) {
                 let (name, city) = entry.split_once('=').ok_or_else(|| {

@@ -57,6 +57,8 @@ pub struct StoreConfig {
     pub initial_cities: Vec<(String, String)>,
     /// Start even if one city holds a majority of the initial voters.
     pub allow_majority_city: bool,
+    /// Accept fault-injection rules over the peer service (tests only).
+    pub fault_injection: bool,
 }
 
 /// etcd's `--auto-compaction-mode` and `--auto-compaction-retention`.
@@ -145,6 +147,7 @@ impl StoreConfig {
             primary_city: None,
             initial_cities: Vec::new(),
             allow_majority_city: false,
+            fault_injection: false,
         }
     }
 

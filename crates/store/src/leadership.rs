@@ -58,7 +58,7 @@ impl StoreNode {
         self.raft.runtime_config().heartbeat(false);
         for voter in voters.iter().filter(|v| **v != self.member_id) {
             let Some(url) = membership.get_node(voter).and_then(|m| m.peer_urls.first()) else { continue };
-            let Ok(mut client) = self.peer_client(url) else { continue };
+            let Ok(mut client) = self.peer(url).await else { continue };
             let mut request = tonic::Request::new(transfer);
             request.set_timeout(lease);
             let result = if *voter == target {

@@ -44,9 +44,17 @@ pub fn peer_client(url: &str) -> Result<PeerClient<Channel>, tonic::transport::E
 #[derive(Debug, Clone, Default)]
 pub struct PeerChannels {
     clients: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, PeerClient<Channel>>>>,
+    /// Test-only rules for what is sent (see `faults`).
+    pub faults: std::sync::Arc<crate::faults::PeerFaults>,
 }
 
 impl PeerChannels {
+    /// A client for `url`, once the fault rules let a message through to it.
+    pub async fn passing(&self, url: &str) -> Result<PeerClient<Channel>, PeerUnreachable> {
+        self.faults.pass(url).await.map_err(|e| PeerUnreachable(e.to_string()))?;
+        self.get(url).map_err(|e| PeerUnreachable(format!("peer {url}: {e}")))
+    }
+
     pub fn get(&self, url: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
         let mut clients = self.clients.lock().expect("peer channel map lock");
         if let Some(client) = clients.get(url) {
@@ -83,6 +91,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 #[error("{0}")]
 struct TransportError(String);
 
+/// A peer that cannot be sent to (dropped by a fault rule, or no channel).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PeerUnreachable(pub String);
+
 impl PeerConnection {
     fn client(&mut self) -> Result<PeerClient<Channel>, TransportError> {
         if self.client.is_none() {
@@ -107,6 +120,11 @@ impl PeerConnection {
         E: std::error::Error + DeserializeOwned,
     {
         let data = bincode::serialize(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.channels
+            .faults
+            .pass(&self.url)
+            .await
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let mut client = self.client().map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let mut request = tonic::Request::new(RaftPayload { data });
         request.set_timeout(option.hard_ttl());

@@ -114,12 +114,18 @@ impl StoreNode {
         }
     }
 
-    pub fn peer_client(&self, url: &str) -> Result<PeerClient<Channel>, Status> {
-        self.peer(url)
+    /// A client for the peer at `url`, once fault rules (tests only) let a
+    /// message through. Unreachable reads as "not the leader": nothing was sent.
+    pub async fn peer(&self, url: &str) -> Result<PeerClient<Channel>, Status> {
+        self.peers.passing(url).await.map_err(|e| {
+            tracing::debug!(error = %e, "peer unreachable");
+            Status::unavailable(NOT_LEADER)
+        })
     }
 
-    fn peer(&self, url: &str) -> Result<PeerClient<Channel>, Status> {
-        self.peers.get(url).map_err(|e| Status::unavailable(format!("peer {url}: {e}")))
+    /// Replaces this member's fault rules (tests only).
+    pub fn inject_faults(&self, rules: &etcd_proto::fivefoldpb::FaultRules) {
+        self.peers.faults.set(rules);
     }
 
     /// The current leader and its membership record, waiting until `deadline`
@@ -202,7 +208,7 @@ impl StoreNode {
         deadline: Instant,
     ) -> Result<CommandResponse, Status> {
         let url = leader.peer_urls.first().ok_or_else(|| Status::unavailable(NO_LEADER))?;
-        let mut client = self.peer(url)?;
+        let mut client = self.peer(url).await?;
         let mut request = tonic::Request::new(ProposeRequest { command: Some(command) });
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         match client.propose(request).await {
@@ -306,7 +312,7 @@ impl StoreNode {
 
     async fn read_index_from(&self, leader: &Member, deadline: Instant) -> Result<u64, Status> {
         let url = leader.peer_urls.first().ok_or_else(|| Status::unavailable(NO_LEADER))?;
-        let mut client = self.peer(url)?;
+        let mut client = self.peer(url).await?;
         let mut request = tonic::Request::new(ReadIndexRequest {});
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         match client.read_index(request).await {
@@ -401,7 +407,7 @@ impl StoreNode {
                 here().await
             } else {
                 let url = leader.peer_urls.first().ok_or_else(|| Status::unavailable(NO_LEADER))?;
-                match remote(self.peer(url)?, deadline).await {
+                match remote(self.peer(url).await?, deadline).await {
                     Err(status) if status.message() != NOT_LEADER && status.code() == Code::Unavailable => {
                         tracing::debug!(%status, leader = %leader, "leader call failed");
                         Err(Status::unavailable(NOT_LEADER))

@@ -119,6 +119,19 @@ impl Peer for PeerService {
         Ok(Response::new(etcd_proto::fivefoldpb::Empty {}))
     }
 
+    async fn inject_faults(
+        &self,
+        request: Request<etcd_proto::fivefoldpb::FaultRules>,
+    ) -> Result<Response<etcd_proto::fivefoldpb::Empty>, Status> {
+        if !self.node.config.fault_injection {
+            return Err(Status::failed_precondition(
+                "fault injection is off: start the member with --experimental-fault-injection (tests only)",
+            ));
+        }
+        self.node.inject_faults(request.get_ref());
+        Ok(Response::new(etcd_proto::fivefoldpb::Empty {}))
+    }
+
     async fn read_index(
         &self,
         _request: Request<ReadIndexRequest>,

@@ -61,10 +61,10 @@ fn raft_config(config: &StoreConfig) -> Result<openraft::Config, ServerError> {
         heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
         // openraft's followers refuse votes for `election_timeout_max` after the
         // last heartbeat (its leader lease), so a first campaign before that
-        // is always lost: randomising in [3/4 timeout, timeout] lets the
+        // is always lost: randomising in [timeout / 2, timeout] lets the
         // second one come soon after the lease, not a whole timeout later.
-        // (Not lower: a member stalled for the minimum starts an election.)
-        election_timeout_min: election_ms * 3 / 4,
+        // A wide range also makes split votes between candidates rare.
+        election_timeout_min: election_ms / 2,
         election_timeout_max: election_ms,
         max_payload_entries: APPEND_ENTRIES_MAX,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),

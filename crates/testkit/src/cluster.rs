@@ -67,6 +67,12 @@ impl ClusterOptions {
         self.extra_args.push(value.to_string());
         self
     }
+
+    /// Adds a flag without a value (`--experimental-fault-injection`).
+    pub fn flag(mut self, flag: &str) -> ClusterOptions {
+        self.extra_args.push(flag.to_string());
+        self
+    }
 }
 
 /// A member's name and labels.

@@ -13,6 +13,9 @@
 //!   a test politely when one is missing unless `FIVEFOLD_REQUIRE_ALL=1`.
 //! - [`linearizability`]: a checker of key-value histories (put, get, delete,
 //!   compare-and-set; unknown outcomes allowed), partitioned by key.
+//! - [`wan`]: a WAN on one machine (root only): a network namespace per data center,
+//!   user-space delays between cities, a member in each, and faults (kill, pause,
+//!   partition a dc, cut a city, heal).
 //! - [`free_ports`] (module `ports`): loopback ports outside the kernel's ephemeral
 //!   range, never handed out twice in one test process.
 //!
@@ -30,6 +33,7 @@ pub mod linearizability;
 mod ports;
 mod spawner;
 mod tools;
+pub mod wan;
 
 pub use cluster::{placement, Cluster, ClusterOptions, Placement};
 pub use ports::free_ports;
