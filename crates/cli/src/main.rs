@@ -2,6 +2,7 @@
 //! crate reads flags and the environment; everything below takes a config.
 
 mod bench_cmd;
+mod chaos_cmd;
 mod snapshot_cmd;
 mod store_cmd;
 mod up;
@@ -30,6 +31,9 @@ enum Command {
     Up(up::UpArgs),
     /// Load-test etcd v3 endpoints (fivefold or etcd) with etcd's benchmark workloads.
     Bench(Box<bench_cmd::BenchArgs>),
+    /// Faults for a `fivefold up` deployment: cut a city off, heal, drill (RPO/RTO).
+    #[command(subcommand)]
+    Chaos(chaos_cmd::ChaosCommand),
     /// Snapshot tools (restore a snapshot into a new member's data dir).
     #[command(subcommand)]
     Snapshot(snapshot_cmd::SnapshotCommand),
@@ -49,6 +53,7 @@ fn main() -> anyhow::Result<()> {
             Command::Up(args) => up::run(args).await,
             Command::Snapshot(command) => snapshot_cmd::run(command),
             Command::Bench(args) => bench_cmd::run(*args).await,
+            Command::Chaos(command) => chaos_cmd::run(command).await,
         }
     })
 }

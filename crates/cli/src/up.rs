@@ -35,6 +35,30 @@ pub struct UpArgs {
     /// Client port of the first member; the others follow in steps of 10.
     #[arg(long, default_value_t = 2379)]
     pub base_port: u16,
+    /// Emulate the WAN between cities on loopback: members hold what they send
+    /// to another city for the pair's round trip (10 ms hangzhou–shanghai,
+    /// 30 ms to shenzhen, 1 ms inside a city).
+    #[arg(long)]
+    pub wan: bool,
+}
+
+/// The round trip between two cities of the default deployment, in ms.
+pub fn wan_round_trip_ms(from: &str, to: &str) -> u32 {
+    match (from, to) {
+        (a, b) if a == b => 1,
+        ("hangzhou", "shanghai") | ("shanghai", "hangzhou") => 10,
+        _ => 30,
+    }
+}
+
+/// Client and peer URLs of each member of a deployment on `base_port`.
+pub fn member_urls(base_port: u16) -> Vec<(String, String)> {
+    (0..topology::DEFAULT_MEMBERS.len() as u16)
+        .map(|i| {
+            let client = base_port + PORT_STRIDE * i;
+            (format!("http://127.0.0.1:{client}"), format!("http://127.0.0.1:{}", client + 1))
+        })
+        .collect()
 }
 
 struct Member {
@@ -69,6 +93,8 @@ fn spawn_member(
         .args(["--listen-client-urls", client_url, "--listen-peer-urls", peer_url])
         .args(["--initial-cluster", cluster, "--initial-cluster-token", "fivefold-up"])
         .args(["--initial-cluster-placement", placement, "--primary-city", PRIMARY_CITY])
+        // Lets `fivefold chaos` cut cities off and `--wan` add delays.
+        .arg("--experimental-fault-injection")
         .args(["--city", spec.city, "--dc", spec.name])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -132,12 +158,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let resumed = args.data_dir.join(topology::DEFAULT_MEMBERS[0].name).exists();
-    let urls: Vec<(String, String)> = (0..topology::DEFAULT_MEMBERS.len() as u16)
-        .map(|i| {
-            let client = args.base_port + PORT_STRIDE * i;
-            (format!("http://127.0.0.1:{client}"), format!("http://127.0.0.1:{}", client + 1))
-        })
-        .collect();
+    let urls = member_urls(args.base_port);
     let cluster: Vec<String> = topology::DEFAULT_MEMBERS
         .iter()
         .zip(&urls)
@@ -159,6 +180,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     // Host:port, not URLs: etcdctl 3.4 puts a full URL into HTTP/2's :authority
     // for some commands (endpoint status), which a strict HTTP/2 server rejects.
+    if args.wan {
+        crate::chaos_cmd::apply(args.base_port, true, None).await?;
+    }
     let endpoints: Vec<&str> = members.iter().map(|m| m.client_url.trim_start_matches("http://")).collect();
     println!(
         "fivefold is up: 5 members in 3 cities, ready in {:.1} s ({})",
@@ -176,6 +200,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("  export ETCDCTL_API=3 ETCDCTL_ENDPOINTS={}", endpoints.join(","));
     println!("  etcdctl put greeting hello && etcdctl get greeting");
     println!("  etcdctl endpoint status -w table && etcdctl member list -w table");
+    if args.wan {
+        println!("WAN delays on: 10 ms round trip hangzhou-shanghai, 30 ms to shenzhen.");
+    }
+    println!("Faults from another terminal (add --wan if up runs with it):");
+    println!("  fivefold chaos status | cut hangzhou | heal | drill hangzhou   (drill measures RPO and RTO)");
     println!("Ctrl-C stops every member.");
 
     let exited = async {
