@@ -101,6 +101,10 @@ pub struct StoreArgs {
     /// peer port. For tests and demos only; never in production.
     #[arg(long, hide = true)]
     pub experimental_fault_injection: bool,
+    /// Bytes of key-space pages the engine caches in memory (beyond that, the
+    /// OS page cache serves reads).
+    #[arg(long, default_value_t = mvcc::limits::CACHE_BYTES_DEFAULT)]
+    pub backend_cache_bytes: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -196,6 +200,7 @@ impl StoreArgs {
         config.primary_city = self.primary_city.clone();
         config.allow_majority_city = self.allow_majority_city;
         config.fault_injection = self.experimental_fault_injection;
+        config.backend_cache_bytes = self.backend_cache_bytes;
         if let Some(placement) = &self.initial_cluster_placement {
             for entry in placement.split(',').map(str::trim).filter(|e| !e.is_empty()) {
                 let (name, city) = entry.split_once('=').ok_or_else(|| {

@@ -18,3 +18,8 @@ pub const COMPACT_REVISION_NONE: i64 = -1;
 
 /// etcd's largest lease TTL, in seconds.
 pub const LEASE_TTL_MAX_SECONDS: i64 = 9_000_000_000;
+
+/// Pages of the key space kept in the engine's own cache (redb's default is
+/// 1 GiB, which a member would grow into): reads beyond it go through the OS
+/// page cache, which does not count against the process.
+pub const CACHE_BYTES_DEFAULT: usize = 128 * 1024 * 1024;

@@ -68,9 +68,15 @@ pub(crate) fn read_revisions(
 }
 
 impl MvccStore {
-    /// Opens (or creates) the store at `path`.
+    /// Opens (or creates) the store at `path` with the default cache.
     pub fn open(path: &Path) -> Result<MvccStore, StorageError> {
-        let db = Database::builder().create(path).map_err(StorageError::from)?;
+        MvccStore::open_with_cache(path, crate::limits::CACHE_BYTES_DEFAULT)
+    }
+
+    /// Opens (or creates) the store at `path`, keeping at most `cache_bytes`
+    /// of pages in memory; the rest is read through the OS page cache.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<MvccStore, StorageError> {
+        let db = Database::builder().set_cache_size(cache_bytes).create(path).map_err(StorageError::from)?;
         {
             let txn = db.begin_write()?;
             txn.open_table(KV)?;

@@ -59,6 +59,8 @@ pub struct StoreConfig {
     pub allow_majority_city: bool,
     /// Accept fault-injection rules over the peer service (tests only).
     pub fault_injection: bool,
+    /// The key-space engine's page cache.
+    pub backend_cache_bytes: usize,
 }
 
 /// etcd's `--auto-compaction-mode` and `--auto-compaction-retention`.
@@ -148,6 +150,7 @@ impl StoreConfig {
             initial_cities: Vec::new(),
             allow_majority_city: false,
             fault_injection: false,
+            backend_cache_bytes: mvcc::limits::CACHE_BYTES_DEFAULT,
         }
     }
 

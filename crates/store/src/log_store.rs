@@ -26,6 +26,10 @@ const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_LAST_PURGED: &str = "last_purged";
 
+/// The log's page cache: replication reads recent entries, which are small
+/// and mostly still in `pending` or the OS page cache.
+const LOG_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// Appends one writer transaction may take, at most.
 const GROUP_COMMIT_APPENDS_MAX: usize = 1024;
 
@@ -149,7 +153,7 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 
 impl LogStore {
     pub fn open(path: &Path) -> Result<LogStore, StorageError> {
-        let db = Database::create(path).map_err(write_err)?;
+        let db = Database::builder().set_cache_size(LOG_CACHE_BYTES).create(path).map_err(write_err)?;
         let txn = db.begin_write().map_err(write_err)?;
         txn.open_table(ENTRIES).map_err(write_err)?;
         txn.open_table(STATE).map_err(write_err)?;

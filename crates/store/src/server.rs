@@ -109,7 +109,8 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
     let log =
         LogStore::open(&data_dir.join("raft-log.redb")).map_err(|e| ServerError::Storage(e.to_string()))?;
     let mvcc = Arc::new(
-        MvccStore::open(&data_dir.join("mvcc.redb")).map_err(|e| ServerError::Storage(e.to_string()))?,
+        MvccStore::open_with_cache(&data_dir.join("mvcc.redb"), config.backend_cache_bytes)
+            .map_err(|e| ServerError::Storage(e.to_string()))?,
     );
     let (revision, compacted) = mvcc.revisions().map_err(|e| ServerError::Storage(e.to_string()))?;
     let watch_hub = Arc::new(WatchHub::new(revision));
