@@ -236,6 +236,12 @@ fn recovery(writes: &[(Instant, Instant, bool)], fault: Instant) -> (Duration, D
     (first_ack, good_second)
 }
 
+async fn raft_term(cluster: &Cluster, index: usize) -> u64 {
+    let mut client = cluster.client(index).await;
+    let status = client.status().await.expect("status");
+    status.raft_term()
+}
+
 /// One scenario at a time: each measures RTO, which a second five-member
 /// cluster on the same two cores would distort.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -268,6 +274,14 @@ async fn run(faults: &[Fault], wan: bool) {
     let mut recoveries = Vec::new();
     for &fault in faults {
         let leader = cluster.leader().await.expect("a leader before the fault");
+        let term_before = raft_term(&cluster, leader).await;
+        // Faults that leave the leader with a majority must not cost an
+        // election, also when the cut-off members come back (pre-vote).
+        let leader_untouched = match fault {
+            Fault::IsolateFollower => true,
+            Fault::CutCity(city) => cluster.placement(leader).city != city,
+            Fault::KillLeader | Fault::PauseLeader => false,
+        };
         let fault_at = Instant::now();
         match fault {
             Fault::KillLeader => cluster.kill(leader).expect("kill the leader"),
@@ -290,6 +304,15 @@ async fn run(faults: &[Fault], wan: bool) {
         }
         recoveries.push((fault, fault_at));
         tokio::time::sleep(HEALED_AFTER).await;
+        if leader_untouched {
+            let leader_after = cluster.leader().await.expect("a leader after healing");
+            let term_after = raft_term(&cluster, leader_after).await;
+            assert_eq!(
+                (leader_after, term_after),
+                (leader, term_before),
+                "{fault:?}: the healthy leader was disrupted (a rejoining member forced an election)"
+            );
+        }
     }
     shared.stop.store(true, Ordering::SeqCst);
     for worker in workers {

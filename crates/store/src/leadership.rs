@@ -3,8 +3,9 @@
 //! openraft 0.9 has no leader-transfer message, and its followers refuse votes
 //! while their leader lease (the longest election timeout) runs. So the
 //! leader, once the target holds every entry, stops its heartbeats, asks the
-//! other voters to hold their own elections, and asks the target to campaign
-//! as soon as the followers' lease has passed. Nobody else campaigns in that
+//! other voters to hold their own elections (and their pre-votes, see
+//! `election`), and asks the target to campaign as soon as the followers'
+//! lease has passed. Nobody else campaigns in that
 //! window, so the target — whose log is complete — wins. Holds end by
 //! themselves, so a failed transfer leaves the cluster as it was.
 
@@ -154,14 +155,17 @@ impl StoreNode {
             .find(|id| replication.get(id).cloned().flatten().is_some_and(|matched| matched.index >= last))
     }
 
-    /// Stops this member's election timer for `hold`, then restarts it.
+    /// Keeps this member from campaigning for `hold` (see `election`).
     pub fn hold_elections(&self, hold: Duration) {
-        self.raft.runtime_config().elect(false);
-        let raft = self.raft.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(hold).await;
-            raft.runtime_config().elect(true);
-        });
+        *self.elections_held_until.lock().expect("election hold lock") = Some(Instant::now() + hold);
+    }
+
+    /// Whether a leader transfer asked this member not to campaign.
+    pub fn elections_held(&self) -> bool {
+        self.elections_held_until
+            .lock()
+            .expect("election hold lock")
+            .is_some_and(|until| Instant::now() < until)
     }
 
     /// The transfer target: waits out the followers' lease, then campaigns

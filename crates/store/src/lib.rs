@@ -13,7 +13,7 @@
 //!
 //! Modules: `config` (flags, checked), `identity` (member and cluster ids,
 //! kept in the data dir), `membership` (Cluster API changes on openraft),
-//! `leadership` (MoveLeader), `compactor` (automatic compaction), `faults` (test-only fault injection), `types` (Raft type config), `log_store`,
+//! `election` (pre-vote, then openraft's election), `leadership` (MoveLeader), `compactor` (automatic compaction), `faults` (test-only fault injection), `types` (Raft type config), `log_store`,
 //! `state_machine`, `network` (peer client), `peer_service`, `node` (request
 //! paths), `kv_service`, `maintenance_service`, `cluster_service`, `placement`
 //! (key → Raft group), `grpc_status` (status codes aligned with grpc-go),
@@ -22,6 +22,7 @@
 pub mod cluster_service;
 pub mod compactor;
 pub mod config;
+pub mod election;
 pub mod faults;
 pub mod grpc_status;
 pub mod identity;

@@ -58,6 +58,8 @@ pub struct StoreNode {
     /// Reads waiting for a read index (see `run_read_rounds`).
     read_rounds: tokio::sync::mpsc::Sender<ReadReply>,
     read_round_queue: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<ReadReply>>>,
+    /// Until when a leader transfer holds this member's campaigns.
+    pub(crate) elections_held_until: std::sync::Mutex<Option<Instant>>,
     /// One membership change at a time (see `membership`).
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
 }
@@ -101,6 +103,7 @@ impl StoreNode {
             config,
             peers,
             membership_lock: tokio::sync::Mutex::new(()),
+            elections_held_until: std::sync::Mutex::new(None),
         }
     }
 

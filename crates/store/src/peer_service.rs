@@ -132,6 +132,13 @@ impl Peer for PeerService {
         Ok(Response::new(etcd_proto::fivefoldpb::Empty {}))
     }
 
+    async fn pre_vote(
+        &self,
+        request: Request<etcd_proto::fivefoldpb::PreVoteRequest>,
+    ) -> Result<Response<etcd_proto::fivefoldpb::PreVoteResponse>, Status> {
+        Ok(Response::new(self.node.answer_pre_vote(request.get_ref()).await))
+    }
+
     async fn read_index(
         &self,
         _request: Request<ReadIndexRequest>,

@@ -59,14 +59,14 @@ fn raft_config(config: &StoreConfig) -> Result<openraft::Config, ServerError> {
     openraft::Config {
         cluster_name: config.initial_cluster_token.clone(),
         heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
-        // openraft's followers refuse votes for `election_timeout_max` after the
-        // last heartbeat (its leader lease), so a first campaign before that
-        // is always lost: randomising in [timeout / 2, timeout] lets the
-        // second one come soon after the lease, not a whole timeout later.
-        // A wide range also makes split votes between candidates rare.
+        // `election_timeout_max` is also openraft's leader lease: followers
+        // refuse votes for that long after the last heartbeat. Campaigns start
+        // in `election` (after a pre-vote), never before the lease ends.
         election_timeout_min: election_ms / 2,
         election_timeout_max: election_ms,
         max_payload_entries: APPEND_ENTRIES_MAX,
+        // Elections are started by `election` after a pre-vote.
+        enable_elect: false,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
         max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,
         install_snapshot_timeout: 10_000,
@@ -185,6 +185,7 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
         node.bootstrap().await.map_err(|e| ServerError::Raft(e.message().to_string()))?;
     }
     let read_rounds = tokio::spawn(node.clone().run_read_rounds());
+    let elections = tokio::spawn(node.clone().run_elections());
     let publisher = tokio::spawn(node.clone().publish_attributes());
     let lease_clock = tokio::spawn(node.clone().run_lease_expiry());
     let promoter = tokio::spawn(node.clone().run_promoter());
@@ -202,6 +203,7 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
     tracing::info!("member stopping");
     publisher.abort();
     read_rounds.abort();
+    elections.abort();
     lease_clock.abort();
     promoter.abort();
     placement.abort();
