@@ -4,30 +4,23 @@
 //! `<root>/<name>.data/` (the member's `--data-dir`) and `<root>/<name>.log` (its stdout
 //! and stderr, appended across restarts).
 
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 use etcd_client::{Client, ConnectOptions};
 
+use crate::member::{self, MemberProcess, Members, LOG_TAIL_LINES, POLL_INTERVAL, STATUS_TIMEOUT};
 use crate::ports::free_ports;
 use crate::spawner::Spawner;
 use crate::tools::find_on_path;
 
-/// How often readiness and leader waits poll.
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
-/// Deadline of one Status call made while polling.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long [`Cluster::stop`] waits after SIGTERM before it kills.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline of every request made through [`Cluster::client`].
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CLIENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Lines of each member's log quoted in errors.
-const LOG_TAIL_LINES: usize = 30;
 /// Environment variable that keeps the temporary root (data and logs) after the test.
 pub const KEEP_DIRS_ENV: &str = "FIVEFOLD_KEEP_TEST_DIRS";
 
@@ -102,11 +95,9 @@ struct Member {
     client_port: u16,
     peer_port: u16,
     data_dir: PathBuf,
-    log_path: PathBuf,
     args: Vec<String>,
-    child: Option<Child>,
-    /// Learned from the header of the member's Status answers; 0 until then.
-    id: AtomicU64,
+    /// Name, log file, child and learned id.
+    process: MemberProcess,
 }
 
 impl Member {
@@ -156,13 +147,14 @@ impl Cluster {
                 let placement = placement(count, index);
                 Member {
                     data_dir: root.path().join(format!("{}.data", placement.name)),
-                    log_path: root.path().join(format!("{}.log", placement.name)),
+                    process: MemberProcess::new(
+                        placement.name.clone(),
+                        root.path().join(format!("{}.log", placement.name)),
+                    ),
                     placement,
                     client_port: ports[2 * index],
                     peer_port: ports[2 * index + 1],
                     args: Vec::new(),
-                    child: None,
-                    id: AtomicU64::new(0),
                 }
             })
             .collect();
@@ -226,17 +218,17 @@ impl Cluster {
     /// The member id that member `index` reported in a Status header, if it has
     /// answered one yet (every member has after [`Cluster::start`]).
     pub fn member_id(&self, index: usize) -> Option<u64> {
-        Some(self.members[index].id.load(Ordering::Relaxed)).filter(|id| *id != 0)
+        self.members[index].process.id()
     }
 
     /// The index of the member with id `id`, among the ids learned so far.
     pub fn index_of(&self, id: u64) -> Option<usize> {
-        self.members.iter().position(|member| id != 0 && member.id.load(Ordering::Relaxed) == id)
+        self.members.iter().position(|member| id != 0 && member.process.id() == Some(id))
     }
 
     /// Whether member `index`'s process is running (as far as this cluster knows).
     pub fn is_running(&self, index: usize) -> bool {
-        self.members[index].child.is_some()
+        self.members[index].process.is_running()
     }
 
     /// A client connected to member `index` only. Every request made through it has
@@ -285,55 +277,24 @@ impl Cluster {
 
     /// Crashes member `index` with SIGKILL and reaps it.
     pub fn kill(&mut self, index: usize) -> anyhow::Result<()> {
-        let name = self.members[index].placement.name.clone();
-        let mut child = self.members[index].child.take().ok_or_else(|| anyhow!("{name} is not running"))?;
-        child.kill().with_context(|| format!("SIGKILL {name}"))?;
-        child.wait().with_context(|| format!("reaping {name}"))?;
-        Ok(())
+        self.members[index].process.kill()
     }
 
     /// Freezes member `index` (SIGSTOP): it holds its sockets and state but
     /// answers nothing, like a stalled machine. [`Cluster::resume`] thaws it.
     pub fn pause(&mut self, index: usize) -> anyhow::Result<()> {
-        self.signal(index, nix::sys::signal::Signal::SIGSTOP)
+        self.members[index].process.signal(nix::sys::signal::Signal::SIGSTOP)
     }
 
     /// Thaws a member frozen by [`Cluster::pause`] (SIGCONT).
     pub fn resume(&mut self, index: usize) -> anyhow::Result<()> {
-        self.signal(index, nix::sys::signal::Signal::SIGCONT)
-    }
-
-    fn signal(&mut self, index: usize, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
-        let name = self.members[index].placement.name.clone();
-        let child = self.members[index].child.as_ref().ok_or_else(|| anyhow!("{name} is not running"))?;
-        let pid = i32::try_from(child.id()).context("pid out of range")?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
-            .with_context(|| format!("{signal} {name}"))
+        self.members[index].process.signal(nix::sys::signal::Signal::SIGCONT)
     }
 
     /// Stops member `index` with SIGTERM and waits up to 10 s for it to exit; if it
     /// does not, kills it and fails. Returns its exit status.
     pub async fn stop(&mut self, index: usize) -> anyhow::Result<ExitStatus> {
-        let name = self.members[index].placement.name.clone();
-        let mut child = self.members[index].child.take().ok_or_else(|| anyhow!("{name} is not running"))?;
-        let pid = i32::try_from(child.id()).context("pid out of range")?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)
-            .with_context(|| format!("SIGTERM {name}"))?;
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "{name} did not exit within {STOP_TIMEOUT:?} of SIGTERM; killed it\n{}",
-                    self.log_tail(index, LOG_TAIL_LINES)
-                );
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
+        self.members[index].process.terminate(STOP_TIMEOUT).await
     }
 
     /// Starts stopped member `index` again with the same command line and data dir,
@@ -364,13 +325,11 @@ impl Cluster {
         let ports = free_ports(2)?;
         let mut member = Member {
             data_dir: root.join(format!("{}.data", placement.name)),
-            log_path: root.join(format!("{}.log", placement.name)),
+            process: MemberProcess::new(placement.name.clone(), root.join(format!("{}.log", placement.name))),
             placement,
             client_port: ports[0],
             peer_port: ports[1],
             args: Vec::new(),
-            child: None,
-            id: AtomicU64::new(0),
         };
         std::fs::create_dir_all(&member.data_dir)?;
         let mut initial_cluster = Vec::new();
@@ -405,7 +364,7 @@ impl Cluster {
     /// Deletes everything in stopped member `index`'s data dir.
     pub fn wipe(&mut self, index: usize) -> anyhow::Result<()> {
         let member = &self.members[index];
-        anyhow::ensure!(member.child.is_none(), "{} is still running", member.placement.name);
+        anyhow::ensure!(!member.process.is_running(), "{} is still running", member.placement.name);
         std::fs::remove_dir_all(&member.data_dir)?;
         std::fs::create_dir_all(&member.data_dir)?;
         Ok(())
@@ -413,117 +372,63 @@ impl Cluster {
 
     /// Everything member `index` wrote to stdout and stderr, across restarts.
     pub fn log(&self, index: usize) -> String {
-        match std::fs::read(&self.members[index].log_path) {
-            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-            Err(error) => format!("<cannot read log: {error}>"),
-        }
+        self.members[index].process.log()
     }
 
     /// The last `lines` lines of every member's log, with a heading per member.
     pub fn log_tails(&self, lines: usize) -> String {
-        (0..self.members.len()).map(|index| self.log_tail(index, lines)).collect::<Vec<_>>().join("\n")
-    }
-
-    fn log_tail(&self, index: usize, lines: usize) -> String {
-        let log = self.log(index);
-        let all: Vec<&str> = log.lines().collect();
-        let tail = all[all.len().saturating_sub(lines)..].join("\n");
-        format!("--- last {lines} log lines of {} ---\n{tail}", self.members[index].placement.name)
+        member::log_tails(self.members.iter().map(|member| &member.process), lines)
     }
 
     fn spawn(&mut self, index: usize) -> anyhow::Result<()> {
-        let member = &self.members[index];
-        let log = OpenOptions::new().create(true).append(true).open(&member.log_path)?;
-        let mut command = match &self.setpriv {
-            Some(setpriv) => {
-                let mut command = Command::new(setpriv);
-                command.args(["--pdeathsig", "KILL"]).arg(&self.bin);
-                command
-            }
-            None => Command::new(&self.bin),
-        };
-        command.args(&member.args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-        let child = self
-            .spawner
-            .spawn(command)
-            .with_context(|| format!("spawning {} for {}", self.bin.display(), member.placement.name))?;
-        self.members[index].child = Some(child);
-        Ok(())
+        let member = &mut self.members[index];
+        let mut command = member::command(self.setpriv.as_deref(), &self.bin);
+        command.args(&member.args);
+        let bin = &self.bin;
+        let name = &member.placement.name;
+        member.process.spawn(&self.spawner, command, || format!("spawning {} for {name}", bin.display()))
     }
 
     /// Waits until each member in `indexes` answers Status with a non-zero leader.
     /// Fails early if one of them exits.
     async fn wait_ready(&mut self, indexes: &[usize]) -> anyhow::Result<()> {
-        let deadline = Instant::now() + self.ready_timeout;
-        let mut waiting: Vec<usize> = indexes.to_vec();
-        while !waiting.is_empty() {
-            for index in waiting.clone() {
-                self.fail_if_exited(index)?;
-                if let Some((_, leader)) = self.poll_status(index).await {
-                    if leader != 0 {
-                        waiting.retain(|other| *other != index);
-                    }
-                }
-            }
-            if waiting.is_empty() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                let names: Vec<&str> =
-                    waiting.iter().map(|index| self.members[*index].placement.name.as_str()).collect();
-                bail!(
-                    "members {names:?} did not answer Status with a leader within {:?}\n{}",
-                    self.ready_timeout,
-                    self.log_tails(LOG_TAIL_LINES)
-                );
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
-        Ok(())
-    }
-
-    fn fail_if_exited(&mut self, index: usize) -> anyhow::Result<()> {
-        let member = &mut self.members[index];
-        let name = member.placement.name.clone();
-        let Some(child) = member.child.as_mut() else {
-            bail!("{name} is not running");
-        };
-        if let Some(status) = child.try_wait()? {
-            member.child = None;
-            bail!("{name} exited early with {status}\n{}", self.log_tail(index, LOG_TAIL_LINES));
-        }
-        Ok(())
+        let timeout = self.ready_timeout;
+        member::wait_ready(self, indexes, timeout).await
     }
 
     /// One bounded Status call: `(member id, leader id)`, remembering the id.
     async fn poll_status(&self, index: usize) -> Option<(u64, u64)> {
         let options = ConnectOptions::new().with_connect_timeout(STATUS_TIMEOUT).with_timeout(STATUS_TIMEOUT);
         let mut client = connect(&self.client_url(index), options).await;
-        let status = tokio::time::timeout(STATUS_TIMEOUT, client.status()).await.ok()?.ok()?;
-        let id = status.header()?.member_id();
-        if id != 0 {
-            self.members[index].id.store(id, Ordering::Relaxed);
-        }
-        Some((id, status.leader()))
+        self.members[index].process.status(&mut client).await
+    }
+}
+
+impl Members for Cluster {
+    fn process(&self, index: usize) -> &MemberProcess {
+        &self.members[index].process
+    }
+
+    fn process_mut(&mut self, index: usize) -> &mut MemberProcess {
+        &mut self.members[index].process
+    }
+
+    fn log_tails(&self, lines: usize) -> String {
+        Cluster::log_tails(self, lines)
+    }
+
+    async fn poll_status(&self, index: usize) -> Option<(u64, u64)> {
+        Cluster::poll_status(self, index).await
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for member in &mut self.members {
-            if let Some(mut child) = member.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        if std::thread::panicking() {
-            eprintln!("{}", self.log_tails(LOG_TAIL_LINES));
-        }
-        if std::env::var(KEEP_DIRS_ENV).is_ok_and(|value| value == "1") {
-            if let Some(root) = self.root.take() {
-                eprintln!("kept cluster data and logs in {}", root.keep().display());
-            }
-        }
+        member::drop_members(
+            self.members.iter_mut().map(|member| &mut member.process),
+            &mut self.root,
+            "cluster",
+        );
     }
 }
 
@@ -610,10 +515,8 @@ mod tests {
             client_port: 20001,
             peer_port: 20002,
             data_dir: PathBuf::from("/tmp/x/sh-a.data"),
-            log_path: PathBuf::from("/tmp/x/sh-a.log"),
             args: Vec::new(),
-            child: None,
-            id: AtomicU64::new(0),
+            process: MemberProcess::new("sh-a".to_string(), PathBuf::from("/tmp/x/sh-a.log")),
         };
         let options = ClusterOptions::default().arg("--snapshot-count", 50);
         let args = member_args(&member, "hz-a=http://127.0.0.1:1,sh-a=http://127.0.0.1:20002", &options);

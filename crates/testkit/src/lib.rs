@@ -18,6 +18,10 @@
 //!   partition a dc, cut a city, heal).
 //! - [`free_ports`] (module `ports`): loopback ports outside the kernel's ephemeral
 //!   range, never handed out twice in one test process.
+//! - module `member` (internal): what both launchers share about one member process:
+//!   its child, name and log file, the signals a test sends it (kill, pause, resume,
+//!   stop), log tails, and the bounded wait until members answer `Maintenance.Status`
+//!   with a leader.
 //!
 //! **Architecture Invariant:** testkit knows nothing of fivefold's internals. It
 //! reaches members only through their command line, their log files and the etcd v3
@@ -30,6 +34,7 @@
 
 mod cluster;
 pub mod linearizability;
+mod member;
 mod ports;
 mod spawner;
 mod tools;

@@ -46,19 +46,18 @@ mod netns;
 mod relay;
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::OpenOptions;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::process::Child;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use etcd_client::{Client, ConnectOptions};
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 
+use crate::member::{self, MemberProcess, Members, LOG_TAIL_LINES, POLL_INTERVAL, STATUS_TIMEOUT};
 use crate::spawner::Spawner;
 use crate::tools::{find_on_path, REQUIRE_ALL_ENV};
 use netns::{Namespaces, Netns};
@@ -75,15 +74,9 @@ pub const ECHO_PORT: u16 = 2390;
 /// Most data centers one WAN can have (address plan: 10.231.0.(i+1), 10.231.(10+i).0/24).
 pub const DCS_MAX: usize = 32;
 
-/// How often readiness and leader waits poll.
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
-/// Deadline of one Status call made while polling.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 /// Deadline of every request made through [`Wan::client`].
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CLIENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Lines of each member's log quoted in errors.
-const LOG_TAIL_LINES: usize = 30;
 /// Priority of the router's blackhole rules.
 const CUT_RULE_PRIORITY: &str = "100";
 
@@ -281,12 +274,10 @@ struct Member {
     dc: DcSpec,
     ns: Arc<Netns>,
     data_dir: PathBuf,
-    log_path: PathBuf,
     args: Vec<String>,
-    child: Option<Child>,
+    /// Name (the dc's), log file, child and learned id.
+    process: MemberProcess,
     paused: bool,
-    /// Learned from the header of the member's Status answers; 0 until then.
-    id: AtomicU64,
 }
 
 /// A running WAN. Dropping it kills every member (paused ones too), stops the
@@ -452,13 +443,11 @@ impl Wan {
             router_lines.push(format!("link set dc{index} up"));
             self.members.push(Member {
                 data_dir: root.join(format!("{}.data", dc.name)),
-                log_path: root.join(format!("{}.log", dc.name)),
+                process: MemberProcess::new(dc.name.clone(), root.join(format!("{}.log", dc.name))),
                 dc,
                 ns,
                 args: Vec::new(),
-                child: None,
                 paused: false,
-                id: AtomicU64::new(0),
             });
         }
         self.namespaces.batch(&router.name, &router_lines)?;
@@ -549,25 +538,15 @@ impl Wan {
     }
 
     fn spawn(&mut self, index: usize) -> anyhow::Result<()> {
-        let member = &self.members[index];
-        let log = OpenOptions::new().create(true).append(true).open(&member.log_path)?;
-        let mut command = match &self.setpriv {
-            Some(setpriv) => {
-                let mut command = Command::new(setpriv);
-                command.args(["--pdeathsig", "KILL"]).arg(self.namespaces.ip_path());
-                command
-            }
-            None => Command::new(self.namespaces.ip_path()),
-        };
+        let member = &mut self.members[index];
+        let mut command = member::command(self.setpriv.as_deref(), self.namespaces.ip_path());
         // `ip netns exec` execs in place, so the child's pid is the member's.
         command.args(["netns", "exec", &member.ns.name]).arg(&self.bin).args(&member.args);
-        command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-        let child = self
-            .spawner
-            .spawn(command)
-            .with_context(|| format!("spawning {} in {}", self.bin.display(), member.ns.name))?;
-        self.members[index].child = Some(child);
-        self.members[index].paused = false;
+        let (bin, ns) = (&self.bin, &member.ns);
+        member
+            .process
+            .spawn(&self.spawner, command, || format!("spawning {} in {}", bin.display(), ns.name))?;
+        member.paused = false;
         Ok(())
     }
 
@@ -626,12 +605,12 @@ impl Wan {
 
     /// Pid of member `index`'s process, while it runs.
     pub fn pid(&self, index: usize) -> Option<u32> {
-        self.members[index].child.as_ref().map(Child::id)
+        self.members[index].process.child.as_ref().map(Child::id)
     }
 
     /// Whether member `index`'s process is running (paused counts as running).
     pub fn is_running(&self, index: usize) -> bool {
-        self.members[index].child.is_some()
+        self.members[index].process.is_running()
     }
 
     /// Whether member `index` is paused (SIGSTOP) now.
@@ -647,12 +626,12 @@ impl Wan {
     /// The member id that member `index` reported in a Status header, if it has
     /// answered one yet (every member has after [`Wan::start`]).
     pub fn member_id(&self, index: usize) -> Option<u64> {
-        Some(self.members[index].id.load(Ordering::Relaxed)).filter(|id| *id != 0)
+        self.members[index].process.id()
     }
 
     /// The index of the member with id `id`, among the ids learned so far.
     pub fn index_of(&self, id: u64) -> Option<usize> {
-        self.members.iter().position(|member| id != 0 && member.id.load(Ordering::Relaxed) == id)
+        self.members.iter().position(|member| id != 0 && member.process.id() == Some(id))
     }
 
     /// `http://127.0.0.1:PORT`: a loopback endpoint in the test process's namespace
@@ -754,12 +733,7 @@ impl Wan {
                 }
             }
         };
-        let status = tokio::time::timeout(STATUS_TIMEOUT, client.status()).await.ok()?.ok()?;
-        let id = status.header()?.member_id();
-        if id != 0 {
-            self.members[index].id.store(id, Ordering::Relaxed);
-        }
-        Some((id, status.leader()))
+        self.members[index].process.status(&mut client).await
     }
 
     /// The index of the current leader: a running, unpaused member that says it leads
@@ -820,45 +794,8 @@ impl Wan {
     /// Waits until each member in `indexes` answers Status with a non-zero leader.
     /// Fails early if one of them exits.
     pub async fn wait_ready(&mut self, indexes: &[usize]) -> anyhow::Result<()> {
-        let deadline = Instant::now() + self.options.ready_timeout;
-        let mut waiting: Vec<usize> = indexes.to_vec();
-        while !waiting.is_empty() {
-            for index in waiting.clone() {
-                self.fail_if_exited(index)?;
-                if let Some((_, leader)) = self.status(index).await {
-                    if leader != 0 {
-                        waiting.retain(|other| *other != index);
-                    }
-                }
-            }
-            if waiting.is_empty() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                let names: Vec<&str> =
-                    waiting.iter().map(|index| self.members[*index].dc.name.as_str()).collect();
-                bail!(
-                    "members {names:?} did not answer Status with a leader within {:?}\n{}",
-                    self.options.ready_timeout,
-                    self.log_tails(LOG_TAIL_LINES)
-                );
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
-        Ok(())
-    }
-
-    fn fail_if_exited(&mut self, index: usize) -> anyhow::Result<()> {
-        let member = &mut self.members[index];
-        let name = member.dc.name.clone();
-        let Some(child) = member.child.as_mut() else {
-            bail!("{name} is not running");
-        };
-        if let Some(status) = child.try_wait()? {
-            member.child = None;
-            bail!("{name} exited early with {status}\n{}", self.log_tail(index, LOG_TAIL_LINES));
-        }
-        Ok(())
+        let timeout = self.options.ready_timeout;
+        member::wait_ready(self, indexes, timeout).await
     }
 
     // ----- faults -----
@@ -867,9 +804,7 @@ impl Wan {
     pub fn kill(&mut self, index: usize) -> anyhow::Result<FaultRecord> {
         let began = Instant::now();
         let name = self.members[index].dc.name.clone();
-        let mut child = self.members[index].child.take().ok_or_else(|| anyhow!("{name} is not running"))?;
-        child.kill().with_context(|| format!("SIGKILL {name}"))?;
-        child.wait().with_context(|| format!("reaping {name}"))?;
+        self.members[index].process.kill()?;
         self.members[index].paused = false;
         Ok(self.record(Fault::Kill(name), began))
     }
@@ -887,7 +822,7 @@ impl Wan {
     /// Freezes member `index` (SIGSTOP).
     pub fn pause(&mut self, index: usize) -> anyhow::Result<FaultRecord> {
         let began = Instant::now();
-        self.signal(index, Signal::SIGSTOP)?;
+        self.members[index].process.signal(Signal::SIGSTOP)?;
         self.members[index].paused = true;
         Ok(self.record(Fault::Pause(self.members[index].dc.name.clone()), began))
     }
@@ -895,16 +830,9 @@ impl Wan {
     /// Thaws a member frozen by [`Wan::pause`] (SIGCONT).
     pub fn resume(&mut self, index: usize) -> anyhow::Result<FaultRecord> {
         let began = Instant::now();
-        self.signal(index, Signal::SIGCONT)?;
+        self.members[index].process.signal(Signal::SIGCONT)?;
         self.members[index].paused = false;
         Ok(self.record(Fault::Resume(self.members[index].dc.name.clone()), began))
-    }
-
-    fn signal(&self, index: usize, signal: Signal) -> anyhow::Result<()> {
-        let name = &self.members[index].dc.name;
-        let child = self.members[index].child.as_ref().ok_or_else(|| anyhow!("{name} is not running"))?;
-        let pid = Pid::from_raw(i32::try_from(child.id()).context("pid out of range")?);
-        nix::sys::signal::kill(pid, signal).with_context(|| format!("{signal} {name}"))
     }
 
     /// Takes every link of dc `index` down, both directions.
@@ -978,41 +906,40 @@ impl Wan {
 
     /// Everything member `index` wrote to stdout and stderr, across restarts.
     pub fn log(&self, index: usize) -> String {
-        match std::fs::read(&self.members[index].log_path) {
-            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-            Err(error) => format!("<cannot read log: {error}>"),
-        }
+        self.members[index].process.log()
     }
 
     /// The last `lines` lines of every member's log, with a heading per member.
     pub fn log_tails(&self, lines: usize) -> String {
-        (0..self.members.len()).map(|index| self.log_tail(index, lines)).collect::<Vec<_>>().join("\n")
+        member::log_tails(self.members.iter().map(|member| &member.process), lines)
+    }
+}
+
+impl Members for Wan {
+    fn process(&self, index: usize) -> &MemberProcess {
+        &self.members[index].process
     }
 
-    fn log_tail(&self, index: usize, lines: usize) -> String {
-        let log = self.log(index);
-        let all: Vec<&str> = log.lines().collect();
-        let tail = all[all.len().saturating_sub(lines)..].join("\n");
-        format!("--- last {lines} log lines of {} ---\n{tail}", self.members[index].dc.name)
+    fn process_mut(&mut self, index: usize) -> &mut MemberProcess {
+        &mut self.members[index].process
+    }
+
+    fn log_tails(&self, lines: usize) -> String {
+        Wan::log_tails(self, lines)
+    }
+
+    async fn poll_status(&self, index: usize) -> Option<(u64, u64)> {
+        self.status(index).await
     }
 }
 
 impl Drop for Wan {
     fn drop(&mut self) {
-        for member in &mut self.members {
-            if let Some(mut child) = member.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        if std::thread::panicking() {
-            eprintln!("{}", self.log_tails(LOG_TAIL_LINES));
-        }
-        if std::env::var(crate::cluster::KEEP_DIRS_ENV).is_ok_and(|value| value == "1") {
-            if let Some(root) = self.root.take() {
-                eprintln!("kept WAN data and logs in {}", root.keep().display());
-            }
-        }
+        member::drop_members(
+            self.members.iter_mut().map(|member| &mut member.process),
+            &mut self.root,
+            "WAN",
+        );
         // Fields drop next: relays (threads stop), namespaces (deleted), root.
     }
 }
