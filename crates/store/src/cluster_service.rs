@@ -13,7 +13,7 @@ use etcd_proto::etcdserverpb::{
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use crate::node::StoreNode;
+use crate::node::{Retry, StoreNode};
 
 pub struct ClusterService {
     pub node: Arc<StoreNode>,
@@ -35,6 +35,7 @@ impl Cluster for ClusterService {
         let node = &self.node;
         let reply = node
             .on_leader(
+                Retry::IfNeverSent,
                 || node.member_add_here(req.clone()),
                 |mut client, deadline| {
                     let req = req.clone();
@@ -56,6 +57,7 @@ impl Cluster for ClusterService {
         let node = &self.node;
         let reply = node
             .on_leader(
+                Retry::IfNeverSent,
                 || node.member_remove_here(req),
                 |mut client, deadline| async move {
                     client.member_remove(with_deadline(req, deadline)).await.map(|r| r.into_inner())
@@ -78,6 +80,7 @@ impl Cluster for ClusterService {
         let node = &self.node;
         let reply = node
             .on_leader(
+                Retry::IfNeverSent,
                 || node.member_update_here(req.clone()),
                 |mut client, deadline| {
                     let req = req.clone();
@@ -99,6 +102,7 @@ impl Cluster for ClusterService {
         let node = &self.node;
         let reply = node
             .on_leader(
+                Retry::IfNeverSent,
                 || node.member_promote_here(req),
                 |mut client, deadline| async move {
                     client.member_promote(with_deadline(req, deadline)).await.map(|r| r.into_inner())

@@ -392,8 +392,14 @@ impl StoreNode {
 
     /// Runs a leader-only call: here when this member leads, else on the
     /// leader through the peer service; retried when leadership moves.
+    ///
+    /// When the leader fails mid-call, the call is retried on the next leader
+    /// only if `retry` says it may be: an idempotent call (a keep-alive, a
+    /// read) can be; a change (a membership change) only if it never left
+    /// this member.
     pub async fn on_leader<T, Here, HereFut, Remote, Fut>(
         &self,
+        retry: Retry,
         here: Here,
         remote: Remote,
     ) -> Result<T, Status>
@@ -411,9 +417,14 @@ impl StoreNode {
             } else {
                 let url = leader.peer_urls.first().ok_or_else(|| Status::unavailable(NO_LEADER))?;
                 match remote(self.peer(url).await?, deadline).await {
-                    Err(status) if status.message() != NOT_LEADER && status.code() == Code::Unavailable => {
-                        tracing::debug!(%status, leader = %leader, "leader call failed");
+                    Err(status) if status.message() != NOT_LEADER && retry.allows(&status) => {
+                        tracing::debug!(%status, leader = %leader, "leader call failed; trying the next leader");
                         Err(Status::unavailable(NOT_LEADER))
+                    }
+                    Err(status) if status.message() != NOT_LEADER && status.code() == Code::Unavailable => {
+                        // It may have been applied: the outcome is unknown.
+                        tracing::debug!(%status, leader = %leader, "leader call failed");
+                        Err(Status::unavailable(REQUEST_TIMED_OUT))
                     }
                     other => other,
                 }
@@ -433,6 +444,7 @@ impl StoreNode {
     /// A keep-alive, answered by the leader. An unknown lease gets TTL 0, as in etcd.
     pub async fn lease_renew(&self, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
         self.on_leader(
+            Retry::Idempotent,
             || self.lease_renew_here(id),
             |mut client, deadline| async move {
                 let mut request = tonic::Request::new(LeaseKeepAliveRequest { id });
@@ -473,6 +485,7 @@ impl StoreNode {
         req: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse, Status> {
         self.on_leader(
+            Retry::Idempotent,
             || self.lease_time_to_live_here(&req),
             |mut client, deadline| async move {
                 let mut request = tonic::Request::new(req);
@@ -570,6 +583,24 @@ impl StoreNode {
             self.propose(Command { kind: Some(command::Kind::Alarm(alarm)) }).await?;
         }
         Err(status_of(&MvccError::NoSpace))
+    }
+}
+
+/// When a leader-only call may be sent again after the leader failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Repeating it is harmless.
+    Idempotent,
+    /// Only if it never reached the leader.
+    IfNeverSent,
+}
+
+impl Retry {
+    fn allows(self, status: &Status) -> bool {
+        match self {
+            Retry::Idempotent => status.code() == Code::Unavailable,
+            Retry::IfNeverSent => never_sent(status),
+        }
     }
 }
 
