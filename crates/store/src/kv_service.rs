@@ -58,7 +58,7 @@ impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let req = request.into_inner();
         validate::check_range(&req).map_err(|e| status_of(&e))?;
-        placement::group_of_range(&req.key, &req.range_end);
+        self.node.serves(placement::group_of_range(&req.key, &req.range_end))?;
         if !req.serializable {
             self.node.read_barrier().await?;
         }
@@ -76,7 +76,7 @@ impl Kv for KvService {
         let req = request.into_inner();
         validate::check_put(&req).map_err(|e| status_of(&e))?;
         self.node.check_quota(req.key.len() + req.value.len()).await?;
-        placement::group_of_key(&req.key);
+        self.node.serves(placement::group_of_key(&req.key))?;
         let resp = self.write(command::Kind::Put(req)).await?;
         match resp.kind {
             Some(command_response::Kind::Put(mut r)) => {
@@ -93,7 +93,7 @@ impl Kv for KvService {
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let req = request.into_inner();
         validate::check_delete_range(&req).map_err(|e| status_of(&e))?;
-        placement::group_of_range(&req.key, &req.range_end);
+        self.node.serves(placement::group_of_range(&req.key, &req.range_end))?;
         let resp = self.write(command::Kind::DeleteRange(req)).await?;
         match resp.kind {
             Some(command_response::Kind::DeleteRange(mut r)) => {

@@ -386,6 +386,17 @@ impl StoreNode {
 }
 
 impl StoreNode {
+    /// Checks that this member's Raft group serves `group`. With one group it
+    /// always does; with a group per unit, requests for another group will be
+    /// routed from here.
+    pub fn serves(&self, group: crate::placement::GroupId) -> Result<(), Status> {
+        if group == crate::placement::GROUP_DEFAULT {
+            Ok(())
+        } else {
+            Err(Status::unimplemented(format!("fivefold: raft group {} is not served by this member", group.0)))
+        }
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.member_id)
     }
