@@ -393,7 +393,10 @@ impl StoreNode {
         if group == crate::placement::GROUP_DEFAULT {
             Ok(())
         } else {
-            Err(Status::unimplemented(format!("fivefold: raft group {} is not served by this member", group.0)))
+            Err(Status::unimplemented(format!(
+                "fivefold: raft group {} is not served by this member",
+                group.0
+            )))
         }
     }
 
