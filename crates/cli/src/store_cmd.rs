@@ -105,6 +105,10 @@ pub struct StoreArgs {
     /// OS page cache serves reads).
     #[arg(long, default_value_t = mvcc::limits::CACHE_BYTES_DEFAULT)]
     pub backend_cache_bytes: usize,
+    /// How long a watch client may leave its stream unread (with responses
+    /// waiting) before the stream is ended with an error.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub experimental_watch_stall_timeout: Duration,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -201,6 +205,7 @@ impl StoreArgs {
         config.allow_majority_city = self.allow_majority_city;
         config.fault_injection = self.experimental_fault_injection;
         config.backend_cache_bytes = self.backend_cache_bytes;
+        config.watch_stall_timeout = self.experimental_watch_stall_timeout;
         if let Some(placement) = &self.initial_cluster_placement {
             for entry in placement.split(',').map(str::trim).filter(|e| !e.is_empty()) {
                 let (name, city) = entry.split_once('=').ok_or_else(|| {

@@ -61,7 +61,14 @@ pub struct StoreConfig {
     pub fault_injection: bool,
     /// The key-space engine's page cache.
     pub backend_cache_bytes: usize,
+    /// How long a watch client may leave its stream unread while responses
+    /// wait, before the stream is ended with an error.
+    pub watch_stall_timeout: Duration,
 }
+
+/// Default of `watch_stall_timeout`: generous, since a slow watcher costs no
+/// memory (it catches up from disk); only a client that stopped reading is cut off.
+pub const WATCH_STALL_TIMEOUT_DEFAULT: Duration = Duration::from_secs(300);
 
 /// etcd's `--auto-compaction-mode` and `--auto-compaction-retention`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +158,7 @@ impl StoreConfig {
             allow_majority_city: false,
             fault_injection: false,
             backend_cache_bytes: mvcc::limits::CACHE_BYTES_DEFAULT,
+            watch_stall_timeout: WATCH_STALL_TIMEOUT_DEFAULT,
         }
     }
 

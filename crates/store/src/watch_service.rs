@@ -19,12 +19,16 @@ use mvcc::span::Span;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::StoreNode;
 
 /// Responses queued for one stream before its task waits for the client.
 pub const WATCH_STREAM_QUEUE: usize = 64;
+/// Bytes of events in one response, at most, unless one revision alone is
+/// larger: under clients' default 4 MiB message limit.
+pub const WATCH_RESPONSE_BYTES_MAX: usize = 2 * 1024 * 1024;
 /// Watchers one stream may hold.
 pub const WATCHERS_PER_STREAM_MAX: usize = 10_000;
 /// Events per response to one watcher (whole revisions, so a revision with
@@ -50,15 +54,20 @@ impl Watch for WatchService {
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<tonic::codegen::BoxStream<WatchResponse>>, Status> {
         let (tx, rx) = mpsc::channel(WATCH_STREAM_QUEUE);
+        // A side channel that can overtake a full queue, for the stall error.
+        let (control, control_rx) = mpsc::channel(1);
         let stream = WatchStream {
             node: self.node.clone(),
             tx,
+            control,
             watchers: BTreeMap::new(),
             next_id: 0,
             progress_interval: self.progress_notify_interval,
+            stall_timeout: self.node.config.watch_stall_timeout,
         };
         tokio::spawn(stream.run(request.into_inner()));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let responses = ReceiverStream::new(control_rx).merge(ReceiverStream::new(rx));
+        Ok(Response::new(Box::pin(responses)))
     }
 }
 
@@ -99,6 +108,10 @@ struct Gone;
 struct WatchStream {
     node: Arc<StoreNode>,
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
+    control: mpsc::Sender<Result<WatchResponse, Status>>,
+    /// How long the client may leave a full queue unread before the stream
+    /// is ended with an error (`--experimental-watch-stall-timeout`).
+    stall_timeout: Duration,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
     progress_interval: Duration,
@@ -128,8 +141,22 @@ impl WatchStream {
         }
     }
 
+    /// Queues a response. A client that reads nothing for `stall_timeout`
+    /// while the queue is full loses the stream, with a reason: a slow reader
+    /// is otherwise only ever behind (it catches up from disk), never cut off.
     async fn send(&self, response: WatchResponse) -> Result<(), Gone> {
-        self.tx.send(Ok(response)).await.map_err(|_| Gone)
+        match tokio::time::timeout(self.stall_timeout, self.tx.send(Ok(response))).await {
+            Ok(sent) => sent.map_err(|_| Gone),
+            Err(_) => {
+                let reason = format!(
+                    "fivefold: watch stream canceled: the client read nothing for {:?} (--experimental-watch-stall-timeout)",
+                    self.stall_timeout
+                );
+                tracing::warn!(watchers = self.watchers.len(), "{reason}");
+                let _ = self.control.try_send(Err(Status::resource_exhausted(reason)));
+                Err(Gone)
+            }
+        }
     }
 
     fn response(&self, watch_id: i64, revision: i64) -> WatchResponse {
@@ -261,7 +288,28 @@ impl WatchStream {
 
     async fn send_events(&self, id: i64, head: i64, events: Vec<Event>, fragment: bool) -> Result<(), Gone> {
         let limit = self.node.config.max_request_bytes;
-        if !fragment || events.iter().map(Message::encoded_len).sum::<usize>() <= limit {
+        if !fragment {
+            // Whole revisions per response, as many as fit in
+            // `WATCH_RESPONSE_BYTES_MAX` (a larger revision goes alone).
+            let mut chunk: Vec<Event> = Vec::new();
+            let mut size = 0;
+            for event in events {
+                let revision = |e: &Event| e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+                let new_revision = chunk.last().is_some_and(|last| revision(last) != revision(&event));
+                if new_revision && size + event.encoded_len() > WATCH_RESPONSE_BYTES_MAX {
+                    self.send(WatchResponse {
+                        events: std::mem::take(&mut chunk),
+                        ..self.response(id, head)
+                    })
+                    .await?;
+                    size = 0;
+                }
+                size += event.encoded_len();
+                chunk.push(event);
+            }
+            return self.send(WatchResponse { events: chunk, ..self.response(id, head) }).await;
+        }
+        if events.iter().map(Message::encoded_len).sum::<usize>() <= limit {
             return self.send(WatchResponse { events, ..self.response(id, head) }).await;
         }
         // Split one large response into fragments, each marked but the last.
