@@ -173,6 +173,9 @@ impl StoreNode {
     pub async fn member_update_here(&self, req: MemberUpdateRequest) -> Result<MemberUpdateResponse, Status> {
         self.require_leader()?;
         let (mut member, _) = self.member(req.id)?;
+        if req.peer_ur_ls.is_empty() {
+            return Err(Status::invalid_argument("etcdserver: member peer URLs are not provided"));
+        }
         for url in &req.peer_ur_ls {
             parse_url("peer URL", url).map_err(|e| Status::invalid_argument(format!("etcdserver: {e}")))?;
         }
