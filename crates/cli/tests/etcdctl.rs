@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{bounded, start};
+use common::{bounded, json_field_values, start};
 use testkit::{Cluster, ClusterOptions};
 use tokio::io::AsyncWriteExt;
 
@@ -202,7 +202,7 @@ async fn etcdctl_member_list_and_endpoint_status() {
         let plain = ctl.run_on(&host_ports.join(","), &["endpoint", "status", "-w", "json"], None).await;
         assert!(plain.success, "endpoint status with host:port endpoints: {plain:?}");
         let status = plain.stdout;
-        let versions = json_values(&status, "version");
+        let versions = json_field_values(&status, "version");
         assert_eq!(versions.len(), 3, "one status per endpoint: {status}");
         for version in &versions {
             let version = version.trim_matches('"');
@@ -210,12 +210,12 @@ async fn etcdctl_member_list_and_endpoint_status() {
                 version.split(['-', '+']).next().unwrap().split('.').map(|p| p.parse().unwrap()).collect();
             assert!(core.as_slice() >= [3, 5, 13].as_slice(), "version {version} is below 3.5.13");
         }
-        let leaders = json_values(&status, "leader");
+        let leaders = json_field_values(&status, "leader");
         assert_eq!(leaders.len(), 3, "{status}");
         assert!(leaders.iter().all(|leader| leader == &leaders[0]), "one leader: {leaders:?}");
         let leader: u64 = leaders[0].parse().expect("numeric leader id");
         assert!(ids.contains(&leader), "leader {leader} is a member: {ids:?}");
-        for member_id in json_values(&status, "member_id") {
+        for member_id in json_field_values(&status, "member_id") {
             assert!(ids.contains(&member_id.parse().unwrap()), "{member_id} is a member");
         }
         let health = ctl.run(&["endpoint", "health"], None).await;
@@ -243,20 +243,4 @@ async fn etcdctl_endpoint_status_with_http_urls() {
         assert!(with_scheme.success, "endpoint status with http:// endpoints: {with_scheme:?}");
     })
     .await;
-}
-
-/// Every value of `"field":VALUE` in a JSON text (numbers, or strings with quotes).
-fn json_values(json: &str, field: &str) -> Vec<String> {
-    let needle = format!("\"{field}\":");
-    json.match_indices(&needle)
-        .map(|(at, _)| {
-            let rest = &json[at + needle.len()..];
-            let end = if let Some(stripped) = rest.strip_prefix('"') {
-                stripped.find('"').map_or(rest.len(), |quote| quote + 2)
-            } else {
-                rest.find([',', '}', ']']).unwrap_or(rest.len())
-            };
-            rest[..end].to_string()
-        })
-        .collect()
 }

@@ -136,7 +136,7 @@ impl<'s> ApplyBatch<'s> {
         let durability = if durable { Durability::Immediate } else { Durability::None };
         self.txn.set_durability(durability)?;
         self.txn.commit()?;
-        self.store.note_commit(self.revision, durable);
+        self.store.note_commit(self.revision);
         Ok(Committed {
             revision: self.revision,
             compacted: self.compacted,

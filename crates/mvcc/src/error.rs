@@ -9,8 +9,6 @@ pub enum GrpcCode {
     ResourceExhausted = 8,
     FailedPrecondition = 9,
     OutOfRange = 11,
-    Internal = 13,
-    Unavailable = 14,
 }
 
 /// An error a client sees. Messages are etcd's, byte for byte: clients match on them.
@@ -67,27 +65,6 @@ impl MvccError {
             | MvccError::LeaseProvided
             | MvccError::InvalidRequest(_) => GrpcCode::InvalidArgument,
         }
-    }
-
-    /// Rebuilds an error from what crossed the wire (code and message), for errors
-    /// produced on the leader and returned by a follower.
-    pub fn from_message(message: &str) -> Option<MvccError> {
-        let all = [
-            MvccError::EmptyKey,
-            MvccError::Compacted,
-            MvccError::FutureRevision,
-            MvccError::DuplicateKey,
-            MvccError::TooManyOps,
-            MvccError::RequestTooLarge,
-            MvccError::LeaseNotFound,
-            MvccError::LeaseExists,
-            MvccError::LeaseTtlTooLarge,
-            MvccError::KeyNotFound,
-            MvccError::ValueProvided,
-            MvccError::LeaseProvided,
-            MvccError::NoSpace,
-        ];
-        all.into_iter().find(|e| e.to_string() == message)
     }
 }
 

@@ -64,6 +64,7 @@ impl<W: Write> CrcWriter<W> {
 struct CrcReader<R> {
     inner: R,
     crc: crc32fast::Hasher,
+    bytes: u64,
 }
 
 impl<R: Read> CrcReader<R> {
@@ -71,6 +72,7 @@ impl<R: Read> CrcReader<R> {
         let mut buf = vec![0; n];
         self.inner.read_exact(&mut buf)?;
         self.crc.update(&buf);
+        self.bytes += n as u64;
         Ok(buf)
     }
 
@@ -137,7 +139,7 @@ impl MvccStore {
     /// Replaces the whole state with a snapshot read from `input`, durably.
     /// On any error the old state stays as it was.
     pub fn install_snapshot(&self, input: impl Read) -> Result<SnapshotSummary, StorageError> {
-        let mut r = CrcReader { inner: input, crc: crc32fast::Hasher::new() };
+        let mut r = CrcReader { inner: input, crc: crc32fast::Hasher::new(), bytes: 0 };
         if r.take(MAGIC.len())? != MAGIC {
             return Err(StorageError("not a fivefold snapshot (bad magic)".into()));
         }
@@ -213,7 +215,7 @@ impl MvccStore {
         txn.commit()?;
         let (revision, _) = self.revisions()?;
         self.reset_revision(revision);
-        Ok(SnapshotSummary { rows, bytes: 0 })
+        Ok(SnapshotSummary { rows, bytes: r.bytes + 4 })
     }
 }
 

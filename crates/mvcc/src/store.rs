@@ -1,7 +1,7 @@
 //! The MVCC store: the redb database, its tables, and the read entry points.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -40,7 +40,6 @@ pub struct MvccStore {
     path: PathBuf,
     /// The revision of the last committed batch, for cheap status reads.
     revision: AtomicI64,
-    durable_commits: AtomicU64,
 }
 
 impl std::fmt::Debug for MvccStore {
@@ -92,7 +91,6 @@ impl MvccStore {
             db: RwLock::new(db),
             path: path.to_path_buf(),
             revision: AtomicI64::new(REVISION_INITIAL),
-            durable_commits: AtomicU64::new(0),
         };
         let (revision, _) = store.revisions()?;
         store.revision.store(revision, Ordering::Release);
@@ -136,12 +134,9 @@ impl MvccStore {
         self.revision.load(Ordering::Acquire)
     }
 
-    pub(crate) fn note_commit(&self, revision: i64, durable: bool) {
+    pub(crate) fn note_commit(&self, revision: i64) {
         let before = self.revision.swap(revision, Ordering::AcqRel);
         assert!(revision >= before, "store revision never goes back: {before} -> {revision}");
-        if durable {
-            self.durable_commits.fetch_add(1, Ordering::Relaxed);
-        }
     }
 
     /// Sets the cached revision after the state was replaced by a snapshot (which
@@ -160,7 +155,6 @@ impl MvccStore {
         let mut txn = self.begin_write()?;
         txn.set_durability(redb::Durability::Immediate)?;
         txn.commit()?;
-        self.durable_commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

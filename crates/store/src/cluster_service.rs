@@ -10,7 +10,11 @@ use etcd_proto::etcdserverpb::{
     MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
     MemberUpdateResponse,
 };
+use std::future::Future;
+
+use etcd_proto::fivefoldpb::peer_client::PeerClient;
 use tokio::time::Instant;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::node::{Retry, StoreNode};
@@ -19,10 +23,43 @@ pub struct ClusterService {
     pub node: Arc<StoreNode>,
 }
 
-fn with_deadline<T>(message: T, deadline: Instant) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-    request
+impl ClusterService {
+    /// Runs a membership change on the leader (here or forwarded) and answers
+    /// once this member has it too, as etcd does: a client that asks this
+    /// member next must see the change. A member that removed itself gets no
+    /// more entries to wait for (`wait_here` false).
+    async fn change<Req, Resp, Here, HereFut, Remote, RemoteFut>(
+        &self,
+        req: Req,
+        here: Here,
+        remote: Remote,
+        wait_here: bool,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Clone,
+        Here: Fn(Req) -> HereFut,
+        HereFut: Future<Output = Result<Resp, Status>>,
+        Remote: Fn(PeerClient<Channel>, tonic::Request<Req>) -> RemoteFut,
+        RemoteFut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let reply = self
+            .node
+            .on_leader(
+                Retry::IfNeverSent,
+                || here(req.clone()),
+                |client, deadline| {
+                    let mut request = tonic::Request::new(req.clone());
+                    request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+                    let call = remote(client, request);
+                    async move { call.await.map(tonic::Response::into_inner) }
+                },
+            )
+            .await?;
+        if wait_here {
+            self.node.read_barrier().await?;
+        }
+        Ok(Response::new(reply))
+    }
 }
 
 #[tonic::async_trait]
@@ -31,88 +68,37 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        let req = request.into_inner();
         let node = &self.node;
-        let reply = node
-            .on_leader(
-                Retry::IfNeverSent,
-                || node.member_add_here(req.clone()),
-                |mut client, deadline| {
-                    let req = req.clone();
-                    async move { client.member_add(with_deadline(req, deadline)).await.map(|r| r.into_inner()) }
-                },
-            )
-            .await?;
-        // Answer only once this member has the change too, as etcd does: a
-        // client that asks this member next must see it.
-        self.node.read_barrier().await?;
-        Ok(Response::new(reply))
+        let remote = |mut client: PeerClient<Channel>, r| async move { client.member_add(r).await };
+        self.change(request.into_inner(), |r| node.member_add_here(r), remote, true).await
     }
 
     async fn member_remove(
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        let req = request.into_inner();
         let node = &self.node;
-        let reply = node
-            .on_leader(
-                Retry::IfNeverSent,
-                || node.member_remove_here(req),
-                |mut client, deadline| async move {
-                    client.member_remove(with_deadline(req, deadline)).await.map(|r| r.into_inner())
-                },
-            )
-            .await?;
-        // Answer only once this member has the change too, as etcd does; a
-        // member that removed itself gets no more entries to wait for.
-        if req.id != self.node.member_id {
-            self.node.read_barrier().await?;
-        }
-        Ok(Response::new(reply))
+        let req = request.into_inner();
+        let remote = |mut client: PeerClient<Channel>, r| async move { client.member_remove(r).await };
+        self.change(req, |r| node.member_remove_here(r), remote, req.id != node.member_id).await
     }
 
     async fn member_update(
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        let req = request.into_inner();
         let node = &self.node;
-        let reply = node
-            .on_leader(
-                Retry::IfNeverSent,
-                || node.member_update_here(req.clone()),
-                |mut client, deadline| {
-                    let req = req.clone();
-                    async move { client.member_update(with_deadline(req, deadline)).await.map(|r| r.into_inner()) }
-                },
-            )
-            .await?;
-        // Answer only once this member has the change too, as etcd does: a
-        // client that asks this member next must see it.
-        self.node.read_barrier().await?;
-        Ok(Response::new(reply))
+        let remote = |mut client: PeerClient<Channel>, r| async move { client.member_update(r).await };
+        self.change(request.into_inner(), |r| node.member_update_here(r), remote, true).await
     }
 
     async fn member_promote(
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        let req = request.into_inner();
         let node = &self.node;
-        let reply = node
-            .on_leader(
-                Retry::IfNeverSent,
-                || node.member_promote_here(req),
-                |mut client, deadline| async move {
-                    client.member_promote(with_deadline(req, deadline)).await.map(|r| r.into_inner())
-                },
-            )
-            .await?;
-        // Answer only once this member has the change too, as etcd does: a
-        // client that asks this member next must see it.
-        self.node.read_barrier().await?;
-        Ok(Response::new(reply))
+        let remote = |mut client: PeerClient<Channel>, r| async move { client.member_promote(r).await };
+        self.change(request.into_inner(), |r| node.member_promote_here(r), remote, true).await
     }
 
     async fn member_list(

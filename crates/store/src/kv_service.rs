@@ -107,8 +107,8 @@ impl Kv for KvService {
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req = request.into_inner();
         validate::check_txn(&req, self.node.config.max_txn_ops).map_err(|e| status_of(&e))?;
-        let template = self.node.header(0);
         if validate::txn_is_read_only(&req) {
+            let template = self.node.header(0);
             self.node.read_barrier().await?;
             let mvcc = self.node.mvcc.clone();
             let mut resp = tokio::task::spawn_blocking(move || mvcc.read_only_txn(&req))
@@ -124,7 +124,7 @@ impl Kv for KvService {
         let resp = self.write(command::Kind::Txn(req)).await?;
         match resp.kind {
             Some(command_response::Kind::Txn(mut r)) => {
-                let template = ResponseHeader { revision: resp.revision, ..self.node.header(resp.revision) };
+                let template = self.node.header(resp.revision);
                 r.header = Some(template);
                 stamp_txn(&mut r, &template);
                 Ok(Response::new(r))
