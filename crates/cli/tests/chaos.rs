@@ -24,7 +24,7 @@ use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use etcd_proto::fivefoldpb::peer_client::PeerClient;
 use etcd_proto::fivefoldpb::{FaultRule, FaultRules};
 use testkit::linearizability::{check, Input, Output, Recorder, Verdict};
-use testkit::{Cluster, ClusterOptions};
+use testkit::{Cluster, ClusterOptions, Placement};
 
 const TEST_LIMIT: Duration = Duration::from_secs(150);
 const WORKERS: u64 = 6;
@@ -39,6 +39,11 @@ const CHECK_BUDGET: Duration = Duration::from_secs(40);
 /// The bar with LAN-sized timeouts (1 s election timeout): well under 5 s.
 const RTO_MAX: Duration = Duration::from_secs(5);
 const AUDIT_PREFIX: &str = "audit/";
+/// `--primary-city` of every scenario: the leader lives there while it can.
+const PRIMARY_CITY: &str = "hangzhou";
+/// Bound on the leader moving back to the primary city (it waits three election
+/// timeouts of stable leadership, then transfers in about one).
+const LEADER_HOME_LIMIT: Duration = Duration::from_secs(15);
 
 #[derive(Clone, Copy, Debug)]
 enum Fault {
@@ -48,6 +53,11 @@ enum Fault {
     IsolateFollower,
     /// Cut every link between a city and the others, both ways.
     CutCity(&'static str),
+    /// Kill a follower (another city's than the leader's if there is one) and
+    /// delete its data dir; "healing" replaces it the way an operator does:
+    /// MemberRemove of the lost member, MemberAdd of a fresh one in the same dc,
+    /// which catches up from a snapshot and the log before it votes.
+    WipeFollower,
 }
 
 /// Round trips between cities used for the WAN scenarios, in milliseconds:
@@ -242,6 +252,39 @@ async fn raft_term(cluster: &Cluster, index: usize) -> u64 {
     status.raft_term()
 }
 
+/// The follower a [`Fault::WipeFollower`] destroys: one outside the leader's
+/// city if there is one, so the leader's city keeps both its members.
+fn wipe_victim(cluster: &Cluster, leader: usize) -> usize {
+    let leader_city = &cluster.placement(leader).city;
+    let followers: Vec<usize> =
+        (0..cluster.len()).filter(|i| *i != leader && cluster.is_running(*i)).collect();
+    followers
+        .iter()
+        .copied()
+        .find(|i| cluster.placement(*i).city != *leader_city)
+        .or_else(|| followers.first().copied())
+        .expect("a follower")
+}
+
+/// Replaces wiped member `victim` as an operator would: MemberRemove, then
+/// MemberAdd of a new member in the same dc, started with
+/// `--initial-cluster-state existing`; waits until it serves.
+async fn replace_member(cluster: &mut Cluster, leader: usize, victim: usize) {
+    let mut admin = cluster.client(leader).await;
+    let victim_id = cluster.member_id(victim).expect("the victim's id");
+    admin.member_remove(victim_id).await.unwrap_or_else(|e| panic!("MemberRemove of the wiped member: {e}"));
+    let lost = cluster.placement(victim).clone();
+    let placement = Placement { name: format!("{}-new", lost.name), city: lost.city, dc: lost.dc };
+    let listed: Vec<usize> = (0..cluster.len()).filter(|i| cluster.is_running(*i)).collect();
+    let replacement = cluster.add_joining_member(placement, &listed).expect("prepare the replacement");
+    let peer_url = cluster.peer_url(replacement);
+    admin.member_add([peer_url.as_str()], None).await.unwrap_or_else(|e| panic!("MemberAdd {peer_url}: {e}"));
+    cluster
+        .start_joining(replacement)
+        .await
+        .unwrap_or_else(|e| panic!("the replacement did not start: {e:#}"));
+}
+
 /// One scenario at a time: each measures RTO, which a second five-member
 /// cluster on the same two cores would distort.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -249,7 +292,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 async fn run(faults: &[Fault], wan: bool) {
     let _alone = ONE_AT_A_TIME.lock().await;
     let options =
-        ClusterOptions::members(5).arg("--primary-city", "hangzhou").flag("--experimental-fault-injection");
+        ClusterOptions::members(5).arg("--primary-city", PRIMARY_CITY).flag("--experimental-fault-injection");
     let mut cluster = start(options).await;
     if wan {
         heal(&cluster, true).await;
@@ -273,14 +316,30 @@ async fn run(faults: &[Fault], wan: bool) {
     tokio::time::sleep(HEALTHY_BEFORE).await;
     let mut recoveries = Vec::new();
     for &fault in faults {
+        if let Fault::CutCity(city @ PRIMARY_CITY) = fault {
+            // The scenario is about losing the leader's city: the primary city
+            // gets the leader back (leader placement); wait until it has.
+            let deadline = Instant::now() + LEADER_HOME_LIMIT;
+            while cluster.placement(cluster.leader().await.expect("a leader")).city != city {
+                assert!(
+                    Instant::now() < deadline,
+                    "the leader did not move to {city} within {LEADER_HOME_LIMIT:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         let leader = cluster.leader().await.expect("a leader before the fault");
         let term_before = raft_term(&cluster, leader).await;
         // Faults that leave the leader with a majority must not cost an
         // election, also when the cut-off members come back (pre-vote).
         let leader_untouched = match fault {
-            Fault::IsolateFollower => true,
+            Fault::IsolateFollower | Fault::WipeFollower => true,
             Fault::CutCity(city) => cluster.placement(leader).city != city,
             Fault::KillLeader | Fault::PauseLeader => false,
+        };
+        let wiped = match fault {
+            Fault::WipeFollower => Some(wipe_victim(&cluster, leader)),
+            _ => None,
         };
         let fault_at = Instant::now();
         match fault {
@@ -295,12 +354,18 @@ async fn run(faults: &[Fault], wan: bool) {
                     (0..cluster.len()).filter(|i| cluster.placement(*i).city == city).collect();
                 partition(&cluster, &side, wan).await;
             }
+            Fault::WipeFollower => {
+                let victim = wiped.expect("a victim");
+                cluster.kill(victim).expect("kill the follower");
+                cluster.wipe(victim).expect("wipe its data dir");
+            }
         }
         tokio::time::sleep(FAULT_LASTS).await;
         match fault {
             Fault::KillLeader => cluster.restart(leader).await.expect("restart the old leader"),
             Fault::PauseLeader => cluster.resume(leader).expect("resume the old leader"),
             Fault::IsolateFollower | Fault::CutCity(_) => heal(&cluster, wan).await,
+            Fault::WipeFollower => replace_member(&mut cluster, leader, wiped.expect("a victim")).await,
         }
         recoveries.push((fault, fault_at));
         tokio::time::sleep(HEALED_AFTER).await;
@@ -334,8 +399,9 @@ async fn run(faults: &[Fault], wan: bool) {
     let operations = shared.recorder.operations();
     let verdict = tokio::task::spawn_blocking(move || check(&operations, CHECK_BUDGET)).await.unwrap();
 
-    // Audit after healing: every acknowledged write on every member.
-    let everyone: Vec<usize> = (0..cluster.len()).collect();
+    // Audit after healing: every acknowledged write on every member (a
+    // replacement included, a removed one excluded).
+    let everyone: Vec<usize> = (0..cluster.len()).filter(|i| cluster.is_running(*i)).collect();
     let revision = wait_same_revision(&cluster, &everyone, Duration::from_secs(30)).await;
     let acked = shared.acked.lock().unwrap().clone();
     let mut hashes = Vec::new();
@@ -393,6 +459,13 @@ async fn cutting_the_leaders_city_loses_nothing_and_recovers_in_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cutting_shenzhen_loses_nothing() {
     bounded(TEST_LIMIT, run(&[Fault::CutCity("shenzhen")], true)).await;
+}
+
+/// A follower's disk is lost; it is replaced by a new, empty member that must end
+/// with every acknowledged write and the same HashKV as the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_member_is_replaced_and_catches_up() {
+    bounded(TEST_LIMIT, run(&[Fault::WipeFollower], false)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

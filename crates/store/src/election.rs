@@ -71,7 +71,7 @@ impl StoreNode {
         }
     }
 
-    /// Asks every other voter; true with a majority (this member included).
+    /// Asks every other voter; true once a majority (this member included) said yes.
     async fn pre_vote(&self) -> bool {
         let metrics = self.raft.metrics().borrow().clone();
         let last = self.raft.data_metrics().borrow().last_log;
@@ -91,7 +91,24 @@ impl StoreNode {
                 client.pre_vote(call).await.is_ok_and(|reply| reply.into_inner().granted)
             })
         });
-        let granted = 1 + futures::future::join_all(asks).await.into_iter().filter(|g| *g).count();
+        // Decide as soon as the answers settle it: a voter behind a cut link
+        // only answers with its call's timeout, and waiting for it would add
+        // that to every election after a city is lost.
+        let mut pending: futures::stream::FuturesUnordered<_> = asks.collect();
+        let (mut granted, mut refused) = (1usize, 0usize);
+        while let Some(answer) = futures::StreamExt::next(&mut pending).await {
+            if answer {
+                granted += 1;
+            } else {
+                refused += 1;
+            }
+            if granted * 2 > voters.len() {
+                return true;
+            }
+            if refused * 2 >= voters.len() {
+                return false;
+            }
+        }
         granted * 2 > voters.len()
     }
 

@@ -113,6 +113,9 @@ pub struct WanOptions {
     pub ready_timeout: Duration,
     /// `--initial-cluster-token`.
     pub token: String,
+    /// Run this etcd binary as the members instead of `fivefold store` (for
+    /// side-by-side measurements); `extra_args` then go to etcd.
+    pub etcd: Option<PathBuf>,
 }
 
 impl Default for WanOptions {
@@ -138,6 +141,7 @@ impl Default for WanOptions {
             extra_args: Vec::new(),
             ready_timeout: Duration::from_secs(30),
             token: "fivefold-wan-test".to_string(),
+            etcd: None,
         }
     }
 }
@@ -153,6 +157,12 @@ impl WanOptions {
     pub fn delay(mut self, a: &str, b: &str, one_way: Duration) -> WanOptions {
         self.city_delays.retain(|(x, y, _)| !((x == a && y == b) || (x == b && y == a)));
         self.city_delays.push((a.to_string(), b.to_string(), one_way));
+        self
+    }
+
+    /// Runs `etcd` (an etcd v3 server binary) in every dc instead of fivefold.
+    pub fn etcd(mut self, etcd: &Path) -> WanOptions {
+        self.etcd = Some(etcd.to_path_buf());
         self
     }
 
@@ -362,6 +372,8 @@ impl Wan {
             format!("{NAME_PREFIX}{}-{}-", std::process::id(), LAUNCHED.fetch_add(1, Ordering::SeqCst));
         let root = tempfile::Builder::new().prefix("fivefold-wan-").tempdir()?;
         let setpriv = find_on_path("setpriv", &std::env::var_os("PATH").unwrap_or_default());
+        let bin = options.etcd.as_deref().unwrap_or(bin);
+        anyhow::ensure!(bin.is_file(), "member binary {} does not exist", bin.display());
         let mut wan = Wan {
             bin: bin.to_path_buf(),
             prefix: prefix.clone(),
@@ -506,7 +518,6 @@ impl Wan {
         let advertised = member_addr(index);
         let link = link_addr(index);
         let mut args: Vec<String> = [
-            "store",
             "--name",
             &member.dc.name,
             "--data-dir",
@@ -525,14 +536,14 @@ impl Wan {
             "new",
             "--initial-cluster-token",
             &self.options.token,
-            "--city",
-            &member.dc.city,
-            "--dc",
-            &member.dc.name,
         ]
         .iter()
         .map(|arg| arg.to_string())
         .collect();
+        if self.options.etcd.is_none() {
+            args.insert(0, "store".to_string());
+            args.extend(["--city", &member.dc.city, "--dc", &member.dc.name].map(String::from));
+        }
         args.extend(self.options.extra_args.iter().cloned());
         args
     }

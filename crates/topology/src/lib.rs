@@ -5,10 +5,23 @@
 //! store member carries, the default five-member, three-city placement that
 //! `fivefold up` starts, and stable identifiers derived from names.
 //!
+//! The [`units`] module adds the unit topology (`topology.toml`, stored as JSON at
+//! `/fivefold/topology`): cities and their dcs, the shard rule (`uid % modulus`),
+//! and the RZone, GZone and CZone units with their home and standby dcs, validated
+//! as a whole; [`RoutingTable`] is its checked form with O(1) lookups (shard → unit,
+//! dc → city, a city's czone and homed units) for the gateway and failover.
+//!
 //! Pure types and validation: no IO, no async, no dependency on any other fivefold
 //! crate. Everything above may depend on it.
 
 use serde::{Deserialize, Serialize};
+
+pub mod units;
+
+pub use units::{
+    CitySpec, RoutingTable, ShardRange, ShardRule, UnitKind, UnitSpec, UnitTopology, UnitTopologyError,
+    DEFAULT_SHARD_MODULUS, DEFAULT_TOPOLOGY_TOML, MISSING_RANGES_SHOWN, SHARDS_MAX, TOPOLOGY_KEY, UNITS_MAX,
+};
 
 /// Where a member lives: its city and its data center inside that city.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
