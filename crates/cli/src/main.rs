@@ -3,6 +3,7 @@
 
 mod bench_cmd;
 mod chaos_cmd;
+mod ldc_cmd;
 mod snapshot_cmd;
 mod store_cmd;
 mod up;
@@ -34,6 +35,14 @@ enum Command {
     /// Faults for a `fivefold up` deployment: cut a city off, heal, drill (RPO/RTO).
     #[command(subcommand)]
     Chaos(chaos_cmd::ChaosCommand),
+    /// The unit topology: validate, publish (apply) and show units and where they are served.
+    #[command(subcommand)]
+    Topology(ldc_cmd::TopologyCommand),
+    /// Move a unit, or every unit served from a city, to another dc (epoch + 1).
+    #[command(subcommand)]
+    Failover(ldc_cmd::FailoverCommand),
+    /// Move units back to their home dc (epoch + 1 each).
+    Failback(ldc_cmd::FailbackArgs),
     /// Snapshot tools (restore a snapshot into a new member's data dir).
     #[command(subcommand)]
     Snapshot(snapshot_cmd::SnapshotCommand),
@@ -65,6 +74,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Snapshot(command) => snapshot_cmd::run(command),
             Command::Bench(args) => bench_cmd::run(*args).await,
             Command::Chaos(command) => chaos_cmd::run(command).await,
+            Command::Topology(command) => ldc_cmd::run_topology(command).await,
+            Command::Failover(command) => ldc_cmd::run_failover(command).await,
+            Command::Failback(args) => ldc_cmd::run_failback(args).await,
         }
     })
 }

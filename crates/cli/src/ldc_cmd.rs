@@ -1,0 +1,171 @@
+//! `fivefold topology` and `fivefold failover` / `failback`: the unit topology
+//! and where each unit is served, through the etcd v3 API of any member.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use etcd_client::{Client, ConnectOptions};
+use topology::UnitTopology;
+
+/// Deadline of each store request of these commands.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Args, Clone)]
+pub struct Endpoints {
+    /// Store members to talk to (host:port, comma-separated).
+    #[arg(long, env = "FIVEFOLD_ENDPOINTS", default_value = "127.0.0.1:2379", value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+}
+
+#[derive(Subcommand)]
+pub enum TopologyCommand {
+    /// Check a topology.toml without publishing it.
+    Validate { file: PathBuf },
+    /// Validate and publish a topology.toml (or the default with --default):
+    /// new units start at home with epoch 1, existing ones keep where they are.
+    Apply {
+        /// The file; omit with --default.
+        file: Option<PathBuf>,
+        /// Publish the default topology (four RZones, a GZone, a CZone per city).
+        #[arg(long, conflicts_with = "file")]
+        default: bool,
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
+    /// Show the published units and where each is served now.
+    Show {
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum FailoverCommand {
+    /// Move one unit to its standby dc (or back from it), or to --to DC.
+    Unit {
+        unit: String,
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
+    /// Move every unit served from a city to a dc outside it.
+    City {
+        city: String,
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
+}
+
+#[derive(Args)]
+pub struct FailbackArgs {
+    /// Only this unit (default: every unit away from home).
+    pub unit: Option<String>,
+    #[command(flatten)]
+    pub endpoints: Endpoints,
+}
+
+async fn connect(endpoints: &Endpoints) -> anyhow::Result<Client> {
+    let options = ConnectOptions::new().with_connect_timeout(REQUEST_TIMEOUT).with_timeout(REQUEST_TIMEOUT);
+    Client::connect(&endpoints.endpoints, Some(options))
+        .await
+        .with_context(|| format!("connecting to {} (is the store running?)", endpoints.endpoints.join(",")))
+}
+
+fn load(file: &PathBuf) -> anyhow::Result<UnitTopology> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    UnitTopology::from_toml(&text).with_context(|| format!("{} is not a valid topology", file.display()))
+}
+
+fn print_moves(moves: &[router::Move]) {
+    if moves.is_empty() {
+        println!("nothing to move: every unit named is served from its target already");
+    }
+    for m in moves {
+        println!("{}: {} -> {} (epoch {})", m.unit, m.from, m.to, m.epoch);
+    }
+}
+
+pub async fn run_topology(command: TopologyCommand) -> anyhow::Result<()> {
+    match command {
+        TopologyCommand::Validate { file } => {
+            let topology = load(&file)?;
+            println!(
+                "{} is valid: {} cities, {} units, {} shards",
+                file.display(),
+                topology.cities.len(),
+                topology.units.len(),
+                topology.shard_rule.modulus
+            );
+            Ok(())
+        }
+        TopologyCommand::Apply { file, default, endpoints } => {
+            let topology = match (file, default) {
+                (Some(file), false) => load(&file)?,
+                (None, true) => UnitTopology::default_deployment(),
+                _ => anyhow::bail!("name a topology.toml, or pass --default"),
+            };
+            let mut client = connect(&endpoints).await?;
+            let published = router::publish(&mut client, &topology).await?;
+            println!(
+                "published at revision {}: {} new units, {} kept, {} removed",
+                published.revision,
+                published.created.len(),
+                published.kept.len(),
+                published.removed.len()
+            );
+            Ok(())
+        }
+        TopologyCommand::Show { endpoints } => {
+            let mut client = connect(&endpoints).await?;
+            let (topology, revision) = router::read_topology(&mut client).await?;
+            let records = router::record::read_all(&mut client).await?;
+            println!("topology (revision {revision}): shard = uid % {}", topology.shard_rule.modulus);
+            println!(
+                "  {:<12} {:<6} {:<10} {:<6} {:<8} {:<8} epoch",
+                "unit", "kind", "shards", "home", "standby", "serving"
+            );
+            for unit in &topology.units {
+                let shards: Vec<String> = unit.shards.iter().map(ToString::to_string).collect();
+                let (serving, epoch) =
+                    records.get(&unit.name).map_or(("?".to_string(), "?".to_string()), |r| {
+                        (r.routing.current_dc.clone(), r.routing.epoch.to_string())
+                    });
+                println!(
+                    "  {:<12} {:<6} {:<10} {:<6} {:<8} {:<8} {epoch}",
+                    unit.name,
+                    unit.kind.as_str(),
+                    if shards.is_empty() { "-".to_string() } else { shards.join(",") },
+                    unit.home_dc,
+                    unit.standby_dc.as_deref().unwrap_or("-"),
+                    serving
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+pub async fn run_failover(command: FailoverCommand) -> anyhow::Result<()> {
+    let moves = match command {
+        FailoverCommand::Unit { unit, to, endpoints } => {
+            let mut client = connect(&endpoints).await?;
+            router::failover_unit(&mut client, &unit, to.as_deref()).await?
+        }
+        FailoverCommand::City { city, endpoints } => {
+            let mut client = connect(&endpoints).await?;
+            router::failover_city(&mut client, &city).await?
+        }
+    };
+    print_moves(&moves);
+    Ok(())
+}
+
+pub async fn run_failback(args: FailbackArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.endpoints).await?;
+    let moves = router::failback(&mut client, args.unit.as_deref()).await?;
+    print_moves(&moves);
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! The unit topology and unit failover through the etcd v3 API: `fivefold
+//! topology apply|show|validate`, `fivefold failover unit|city`, `fivefold
+//! failback`, and the fence that keeps an instance of a moved unit from writing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{bin, bounded, start};
+use etcd_client::{Client, TxnOp};
+use router::fence::FencedWrite;
+use router::{Fence, UnitRouting};
+use testkit::ClusterOptions;
+use tokio::process::Command;
+
+const TEST_LIMIT: Duration = Duration::from_secs(120);
+
+/// `fivefold ARGS --endpoints E`: (success, stdout, stderr).
+async fn fivefold(endpoints: &str, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(bin()).args(args).args(["--endpoints", endpoints]).output().await.unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+/// Every routing record: unit -> (serving dc, epoch).
+async fn placements(client: &mut Client) -> BTreeMap<String, (String, u64)> {
+    router::record::read_all(client)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(unit, stored)| (unit, (stored.routing.current_dc, stored.routing.epoch)))
+        .collect()
+}
+
+fn placed(list: &[(&str, &str, u64)]) -> BTreeMap<String, (String, u64)> {
+    list.iter().map(|(u, dc, e)| (u.to_string(), (dc.to_string(), *e))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_failover_failback_and_bad_input() {
+    let cluster = start(ClusterOptions::members(3)).await;
+    bounded(TEST_LIMIT, async {
+        let endpoints = cluster
+            .client_urls()
+            .iter()
+            .map(|u| u.trim_start_matches("http://").to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut client = cluster.client(0).await;
+
+        let (ok, _, err) = fivefold(&endpoints, &["topology", "show"]).await;
+        assert!(!ok && err.contains("no topology is published"), "{err}");
+        let (ok, out, err) = fivefold(&endpoints, &["topology", "apply", "--default"]).await;
+        assert!(ok, "{err}");
+        assert!(out.contains("8 new units, 0 kept, 0 removed"), "{out}");
+        let home = placed(&[
+            ("cz-hangzhou", "hz-a", 1),
+            ("cz-shanghai", "sh-a", 1),
+            ("cz-shenzhen", "sz-a", 1),
+            ("gz", "hz-a", 1),
+            ("rz-hz-a", "hz-a", 1),
+            ("rz-hz-b", "hz-b", 1),
+            ("rz-sh-a", "sh-a", 1),
+            ("rz-sh-b", "sh-b", 1),
+        ]);
+        assert_eq!(placements(&mut client).await, home, "every unit at home, epoch 1");
+        let (ok, out, _) = fivefold(&endpoints, &["topology", "show"]).await;
+        assert!(ok && out.contains("rz-hz-b") && out.contains("25-49"), "{out}");
+
+        // Bad input: each a clear error, nothing changed.
+        let before = placements(&mut client).await;
+        let topology_before = router::read_topology(&mut client).await.unwrap().1;
+        let (ok, _, err) = fivefold(&endpoints, &["failover", "unit", "nope"]).await;
+        assert!(!ok && err.contains("unknown unit \"nope\""), "{err}");
+        let (ok, _, err) = fivefold(&endpoints, &["failover", "unit", "rz-hz-a", "--to", "mars-1"]).await;
+        assert!(!ok && err.contains("unknown dc \"mars-1\""), "{err}");
+        let (ok, _, err) = fivefold(&endpoints, &["failover", "city", "atlantis"]).await;
+        assert!(!ok && err.contains("unknown city \"atlantis\""), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.toml");
+        let overlapping = topology::DEFAULT_TOPOLOGY_TOML.replacen("\"25-49\"", "\"20-49\"", 1);
+        assert_ne!(overlapping, topology::DEFAULT_TOPOLOGY_TOML, "the default names shards 25-49");
+        std::fs::write(&bad, overlapping).unwrap();
+        let (ok, _, err) = fivefold(&endpoints, &["topology", "apply", bad.to_str().unwrap()]).await;
+        assert!(!ok && err.contains("not a valid topology") && err.contains("20"), "{err}");
+        std::fs::write(&bad, "[[units]\nname=").unwrap();
+        let validate = Command::new(bin()).args(["topology", "validate"]).arg(&bad).output().await.unwrap();
+        let err = String::from_utf8_lossy(&validate.stderr);
+        assert!(!validate.status.success() && err.contains("not a valid topology"), "{err}");
+        let good = dir.path().join("good.toml");
+        std::fs::write(&good, topology::DEFAULT_TOPOLOGY_TOML).unwrap();
+        let validate = Command::new(bin()).args(["topology", "validate"]).arg(&good).output().await.unwrap();
+        let out = String::from_utf8_lossy(&validate.stdout);
+        assert!(validate.status.success() && out.contains("3 cities, 8 units, 100 shards"), "{out}");
+        assert_eq!(placements(&mut client).await, before, "bad commands changed nothing");
+        assert_eq!(router::read_topology(&mut client).await.unwrap().1, topology_before);
+
+        // One unit to its standby, then a city, then everything home.
+        let (ok, out, err) = fivefold(&endpoints, &["failover", "unit", "rz-hz-a"]).await;
+        assert!(ok, "{err}");
+        assert_eq!(out.trim(), "rz-hz-a: hz-a -> sh-a (epoch 2)");
+        let (ok, out, err) = fivefold(&endpoints, &["failover", "city", "hangzhou"]).await;
+        assert!(ok, "{err}");
+        let mut moved: Vec<&str> = out.lines().collect();
+        moved.sort();
+        assert_eq!(moved, ["gz: hz-a -> sh-a (epoch 2)", "rz-hz-b: hz-b -> sh-b (epoch 2)"], "{out}");
+        let (ok, out, _) = fivefold(&endpoints, &["failover", "city", "hangzhou"]).await;
+        assert!(ok && out.contains("nothing to move"), "{out}");
+        let (ok, out, err) = fivefold(&endpoints, &["failback"]).await;
+        assert!(ok, "{err}");
+        assert_eq!(out.lines().count(), 3, "{out}");
+        let after = placements(&mut client).await;
+        for (unit, (dc, epoch)) in &after {
+            let (home_dc, _) = &home[unit];
+            assert_eq!(dc, home_dc, "{unit} is home again");
+            let moves = if ["rz-hz-a", "rz-hz-b", "gz"].contains(&unit.as_str()) { 2 } else { 0 };
+            assert_eq!(*epoch, 1 + moves, "{unit}: one epoch per move");
+        }
+
+        // Re-publishing keeps where units are and their epochs.
+        fivefold(&endpoints, &["failover", "unit", "rz-sh-a"]).await;
+        let (ok, out, _) = fivefold(&endpoints, &["topology", "apply", "--default"]).await;
+        assert!(ok && out.contains("0 new units, 8 kept"), "{out}");
+        assert_eq!(placements(&mut client).await["rz-sh-a"], ("hz-a".to_string(), 2));
+    })
+    .await;
+}
+
+/// Writers fence their writes on the unit's epoch while the unit fails over:
+/// no write of the old epoch is accepted after the move's revision, the writers
+/// see `Fenced` with the new record, and a new fence writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fence_holds_under_write_load() {
+    let cluster = start(ClusterOptions::members(3)).await;
+    bounded(TEST_LIMIT, async {
+        let mut client = cluster.client(0).await;
+        router::publish(&mut client, &topology::UnitTopology::default_deployment()).await.unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut writers = Vec::new();
+        for w in 0..4 {
+            let mut client = cluster.client(w % cluster.len()).await;
+            let stop = stop.clone();
+            writers.push(tokio::spawn(async move {
+                let fence = Fence::acquire(&mut client, "rz-hz-a").await.unwrap();
+                let (mut accepted, mut fenced) = (Vec::new(), None::<UnitRouting>);
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) && fenced.is_none() {
+                    n += 1;
+                    let key = format!("acct/rz-hz-a/w{w}-{n}");
+                    let put = TxnOp::put(key.as_str(), fence.epoch().to_string(), None);
+                    match fence.write(&mut client, vec![], vec![put]).await.unwrap() {
+                        FencedWrite::Done(response) => accepted.push(response.header().unwrap().revision()),
+                        FencedWrite::Fenced(now) => fenced = now,
+                        FencedWrite::ConditionFailed => panic!("no extra conditions were given"),
+                    }
+                }
+                (accepted, fenced)
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let moves = router::failover_unit(&mut client, "rz-hz-a", None).await.unwrap();
+        assert_eq!(moves.len(), 1);
+        let moved_at = Fence::acquire(&mut client, "rz-hz-a").await.unwrap();
+        let move_revision =
+            client.get(router::routing_key("rz-hz-a"), None).await.unwrap().kvs()[0].mod_revision();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::SeqCst);
+        let mut total = 0;
+        for writer in writers {
+            let (accepted, fenced) = writer.await.unwrap();
+            total += accepted.len();
+            assert!(
+                accepted.iter().all(|revision| *revision < move_revision),
+                "a write was accepted after the move"
+            );
+            let fenced = fenced.expect("every writer was fenced after the move");
+            assert_eq!((fenced.current_dc.as_str(), fenced.epoch), ("sh-a", 2));
+        }
+        assert!(total > 10, "the writers wrote before the move ({total})");
+        // Every stored write carries epoch 1 and predates the move.
+        let written =
+            client.get("acct/rz-hz-a/", Some(etcd_client::GetOptions::new().with_prefix())).await.unwrap();
+        assert_eq!(written.kvs().len(), total);
+        assert!(written.kvs().iter().all(|kv| kv.value() == b"1" && kv.mod_revision() < move_revision));
+        // The unit's new instance writes under epoch 2.
+        assert_eq!(moved_at.epoch(), 2);
+        let put = TxnOp::put("acct/rz-hz-a/after", "2", None);
+        assert!(matches!(
+            moved_at.write(&mut client, vec![], vec![put]).await.unwrap(),
+            FencedWrite::Done(_)
+        ));
+    })
+    .await;
+}
