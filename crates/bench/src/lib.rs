@@ -7,9 +7,13 @@
 //! and a time limit and stops by itself.
 //!
 //! Modules: `keys` (key and value shapes), `report` (latency histograms and
-//! output), `workload` (the workloads).
+//! output), `workload` (the workloads), `http` (a closed-loop HTTP/1.1 load
+//! generator for the gateway, nginx or a backend), `registry` (push latency of
+//! a registry server to many watch subscribers).
 
+pub mod http;
 pub mod keys;
+pub mod registry;
 pub mod report;
 pub mod workload;
 

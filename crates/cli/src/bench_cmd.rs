@@ -14,6 +14,10 @@ pub enum WorkloadArg {
     TxnPut,
     WatchLatency,
     Mixed,
+    /// HTTP/1.1 GETs of --url over --conns connections (gateway, nginx, a backend).
+    Http,
+    /// A registry server's push latency: --subscribers watch streams, --changes registrations.
+    RegistryPush,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -60,12 +64,56 @@ pub struct BenchArgs {
     /// watch-latency: puts per second.
     #[arg(long, default_value_t = 1_000)]
     pub put_rate: u64,
+    /// http: the URL to GET.
+    #[arg(long, default_value = "http://127.0.0.1:8080/")]
+    pub url: String,
+    /// http: a request header, `name: value` (repeatable).
+    #[arg(long = "header")]
+    pub headers: Vec<String>,
+    /// registry-push: the registry server (host:port).
+    #[arg(long, default_value = "127.0.0.1:7379")]
+    pub registry: String,
+    /// registry-push: watch streams to open.
+    #[arg(long, default_value_t = 1_000)]
+    pub subscribers: usize,
+    /// registry-push: registrations to push, one at a time.
+    #[arg(long, default_value_t = 5)]
+    pub changes: usize,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let WorkloadArg::RegistryPush = args.workload {
+        let config = bench::registry::PushConfig {
+            registry: args.registry.clone(),
+            service: "bench-push".to_string(),
+            subscribers: args.subscribers,
+            changes: args.changes,
+            time_limit: args.time_limit,
+        };
+        let report = bench::registry::run_push(&config).await.context("benchmark failed")?;
+        return print_report(&report, args.json);
+    }
+    if let WorkloadArg::Http = args.workload {
+        let mut headers = Vec::new();
+        for header in &args.headers {
+            let (name, value) = header
+                .split_once(':')
+                .with_context(|| format!("--header {header:?} is not `name: value`"))?;
+            headers.push((name.trim().to_string(), value.trim().to_string()));
+        }
+        let config = bench::http::HttpBenchConfig {
+            url: args.url.clone(),
+            headers,
+            conns: args.conns,
+            total: args.total,
+            time_limit: args.time_limit,
+        };
+        let report = bench::http::run_http(&config).await.context("benchmark failed")?;
+        return print_report(&report, args.json);
+    }
     let endpoints = args
         .endpoints
         .split(',')
@@ -93,10 +141,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         WorkloadArg::TxnPut => bench::Workload::TxnPut,
         WorkloadArg::WatchLatency => bench::Workload::WatchLatency,
         WorkloadArg::Mixed => bench::Workload::Mixed,
+        WorkloadArg::Http | WorkloadArg::RegistryPush => unreachable!("handled above"),
     };
     let report = bench::run(workload, &config).await.context("benchmark failed")?;
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+    print_report(&report, args.json)
+}
+
+fn print_report(report: &bench::Report, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
     } else {
         print!("{}", report.table());
     }

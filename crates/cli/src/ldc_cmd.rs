@@ -2,15 +2,11 @@
 //! and where each unit is served, through the etcd v3 API of any member.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::Client;
 use topology::UnitTopology;
-
-/// Deadline of each store request of these commands.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Args, Clone)]
 pub struct Endpoints {
@@ -57,6 +53,19 @@ pub enum FailoverCommand {
         #[command(flatten)]
         endpoints: Endpoints,
     },
+    /// Run the automatic controller: when every store member of a city has been
+    /// unreachable for --down-after, fail its units over (one controller leads;
+    /// give each the endpoints of its own city).
+    Controller {
+        /// How long a city's members must all be unreachable.
+        #[arg(long, default_value = "3s", value_parser = crate::store_cmd::parse_duration)]
+        down_after: std::time::Duration,
+        /// This controller's name (default: controller-<pid>).
+        #[arg(long)]
+        id: Option<String>,
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
 }
 
 #[derive(Args)]
@@ -67,11 +76,13 @@ pub struct FailbackArgs {
     pub endpoints: Endpoints,
 }
 
-async fn connect(endpoints: &Endpoints) -> anyhow::Result<Client> {
-    let options = ConnectOptions::new().with_connect_timeout(REQUEST_TIMEOUT).with_timeout(REQUEST_TIMEOUT);
-    Client::connect(&endpoints.endpoints, Some(options))
-        .await
-        .with_context(|| format!("connecting to {} (is the store running?)", endpoints.endpoints.join(",")))
+impl Endpoints {
+    /// A store client with fivefold's deadlines (see `client::connect`).
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        client::connect(&self.endpoints)
+            .await
+            .with_context(|| format!("connecting to {} (is the store running?)", self.endpoints.join(",")))
+    }
 }
 
 fn load(file: &PathBuf) -> anyhow::Result<UnitTopology> {
@@ -107,7 +118,7 @@ pub async fn run_topology(command: TopologyCommand) -> anyhow::Result<()> {
                 (None, true) => UnitTopology::default_deployment(),
                 _ => anyhow::bail!("name a topology.toml, or pass --default"),
             };
-            let mut client = connect(&endpoints).await?;
+            let mut client = endpoints.connect().await?;
             let published = router::publish(&mut client, &topology).await?;
             println!(
                 "published at revision {}: {} new units, {} kept, {} removed",
@@ -119,7 +130,7 @@ pub async fn run_topology(command: TopologyCommand) -> anyhow::Result<()> {
             Ok(())
         }
         TopologyCommand::Show { endpoints } => {
-            let mut client = connect(&endpoints).await?;
+            let mut client = endpoints.connect().await?;
             let (topology, revision) = router::read_topology(&mut client).await?;
             let records = router::record::read_all(&mut client).await?;
             println!("topology (revision {revision}): shard = uid % {}", topology.shard_rule.modulus);
@@ -151,12 +162,39 @@ pub async fn run_topology(command: TopologyCommand) -> anyhow::Result<()> {
 pub async fn run_failover(command: FailoverCommand) -> anyhow::Result<()> {
     let moves = match command {
         FailoverCommand::Unit { unit, to, endpoints } => {
-            let mut client = connect(&endpoints).await?;
+            let mut client = endpoints.connect().await?;
             router::failover_unit(&mut client, &unit, to.as_deref()).await?
         }
         FailoverCommand::City { city, endpoints } => {
-            let mut client = connect(&endpoints).await?;
+            let mut client = endpoints.connect().await?;
             router::failover_city(&mut client, &city).await?
+        }
+        FailoverCommand::Controller { down_after, id, endpoints } => {
+            let client = endpoints.connect().await?;
+            let mut config = router::controller::ControllerConfig { down_after, ..Default::default() };
+            if let Some(id) = id {
+                config.identity = id;
+            }
+            println!(
+                "failover controller {} started (a city moves after {down_after:?} down)",
+                config.identity
+            );
+            let report = |event: router::controller::ControllerEvent| {
+                use router::controller::ControllerEvent;
+                match event {
+                    ControllerEvent::Leading => println!("leading"),
+                    ControllerEvent::FailedOver { city, down_for, moves } => {
+                        println!("city {city} down for {:.1} s: failed over", down_for.as_secs_f64());
+                        print_moves(&moves);
+                    }
+                    ControllerEvent::CityBack { city } => {
+                        println!("city {city} answers again; `fivefold failback` moves its units home")
+                    }
+                }
+            };
+            let stop = crate::store_cmd::stop_signal()?;
+            router::controller::run_controller(client, config, report, stop).await;
+            return Ok(());
         }
     };
     print_moves(&moves);
@@ -164,7 +202,7 @@ pub async fn run_failover(command: FailoverCommand) -> anyhow::Result<()> {
 }
 
 pub async fn run_failback(args: FailbackArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.endpoints).await?;
+    let mut client = args.endpoints.connect().await?;
     let moves = router::failback(&mut client, args.unit.as_deref()).await?;
     print_moves(&moves);
     Ok(())

@@ -3,7 +3,9 @@
 
 mod bench_cmd;
 mod chaos_cmd;
+mod gateway_cmd;
 mod ldc_cmd;
+mod registry_cmd;
 mod snapshot_cmd;
 mod store_cmd;
 mod up;
@@ -43,6 +45,15 @@ enum Command {
     Failover(ldc_cmd::FailoverCommand),
     /// Move units back to their home dc (epoch + 1 each).
     Failback(ldc_cmd::FailbackArgs),
+    /// The unit-routing gateway (serve), and publishing its routes.
+    #[command(subcommand)]
+    Gateway(gateway_cmd::GatewayCommand),
+    /// Sample services (the account service each unit runs).
+    #[command(subcommand)]
+    Sample(gateway_cmd::SampleCommand),
+    /// Service registry: the HTTP/JSON server, and registering an instance from a shell.
+    #[command(subcommand)]
+    Registry(registry_cmd::RegistryCommand),
     /// Snapshot tools (restore a snapshot into a new member's data dir).
     #[command(subcommand)]
     Snapshot(snapshot_cmd::SnapshotCommand),
@@ -77,6 +88,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Topology(command) => ldc_cmd::run_topology(command).await,
             Command::Failover(command) => ldc_cmd::run_failover(command).await,
             Command::Failback(args) => ldc_cmd::run_failback(args).await,
+            Command::Gateway(command) => gateway_cmd::run_gateway(command).await,
+            Command::Sample(command) => gateway_cmd::run_sample(command).await,
+            Command::Registry(command) => registry_cmd::run(command).await,
         }
     })
 }

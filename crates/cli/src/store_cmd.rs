@@ -219,25 +219,25 @@ impl StoreArgs {
     }
 }
 
-/// Resolves when the process is asked to stop (SIGTERM or SIGINT).
-pub async fn stop_signal() {
+/// A future that resolves when the process is asked to stop (SIGTERM or
+/// SIGINT). The handlers are installed when this is called, not when the
+/// future is first polled, so a signal that arrives right after a command has
+/// printed its first line is neither lost nor fatal.
+pub fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = tokio::signal::ctrl_c() => {},
-            }
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    })
 }
 
 pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
     let config = args.to_config().context("invalid flags")?;
-    store::run(config, stop_signal()).await?;
+    store::run(config, stop_signal()?).await?;
     Ok(())
 }
 

@@ -16,10 +16,29 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         ("bench", set(&["etcd-proto"])),
         // Platform crates reach the store only through the etcd v3 API (etcd-client),
         // never through store internals.
+        ("client", set(&[])),
         ("router", set(&["topology"])),
+        ("registry", set(&["client", "topology"])),
+        ("gateway", set(&["client", "registry", "router", "topology"])),
+        ("account", set(&["client", "registry", "router"])),
         // Test tooling talks to members like any client.
         ("testkit", set(&[])),
-        ("cli", set(&["bench", "etcd-proto", "mvcc", "router", "store", "testkit", "topology"])),
+        (
+            "cli",
+            set(&[
+                "account",
+                "bench",
+                "client",
+                "etcd-proto",
+                "gateway",
+                "mvcc",
+                "registry",
+                "router",
+                "store",
+                "testkit",
+                "topology",
+            ]),
+        ),
     ])
 }
 

@@ -14,6 +14,7 @@ use etcd_client::{Client, TxnOp};
 use router::fence::FencedWrite;
 use router::{Fence, UnitRouting};
 use testkit::ClusterOptions;
+use tokio::io::AsyncBufReadExt;
 use tokio::process::Command;
 
 const TEST_LIMIT: Duration = Duration::from_secs(120);
@@ -195,6 +196,83 @@ async fn the_fence_holds_under_write_load() {
             moved_at.write(&mut client, vec![], vec![put]).await.unwrap(),
             FencedWrite::Done(_)
         ));
+    })
+    .await;
+}
+
+async fn next_line(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> String {
+    lines.next_line().await.unwrap().expect("the controller prints")
+}
+
+/// The automatic controller, run "in shanghai" (its endpoints are the shanghai
+/// members): when both hangzhou members stop answering (SIGSTOP), it moves the
+/// units served from hangzhou to their standbys after `--down-after`, once; when
+/// hangzhou answers again it says so and leaves failback to people.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_fails_a_lost_city_over() {
+    let mut cluster = start(ClusterOptions::members(5)).await;
+    bounded(TEST_LIMIT, async {
+        let mut client = cluster.client(2).await;
+        router::publish(&mut client, &topology::UnitTopology::default_deployment()).await.unwrap();
+        let shanghai: Vec<usize> = (0..5).filter(|i| cluster.placement(*i).city == "shanghai").collect();
+        let endpoints: Vec<String> = shanghai
+            .iter()
+            .map(|i| cluster.client_url(*i).trim_start_matches("http://").to_string())
+            .collect();
+        let mut controller = Command::new(bin())
+            .args(["failover", "controller", "--down-after", "2s", "--id", "sh-controller"])
+            .args(["--endpoints", &endpoints.join(",")])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(controller.stdout.take().unwrap()).lines();
+        assert!(next_line(&mut lines).await.starts_with("failover controller sh-controller started"));
+        assert_eq!(next_line(&mut lines).await, "leading");
+
+        let hangzhou: Vec<usize> = (0..5).filter(|i| cluster.placement(*i).city == "hangzhou").collect();
+        let lost_at = std::time::Instant::now();
+        for index in &hangzhou {
+            cluster.pause(*index).unwrap();
+        }
+        let report = next_line(&mut lines).await;
+        assert!(report.starts_with("city hangzhou down for "), "{report}");
+        let mut moves = Vec::new();
+        for _ in 0..3 {
+            moves.push(next_line(&mut lines).await);
+        }
+        let moved_after = lost_at.elapsed();
+        moves.sort();
+        assert_eq!(
+            moves,
+            [
+                "gz: hz-a -> sh-a (epoch 2)",
+                "rz-hz-a: hz-a -> sh-a (epoch 2)",
+                "rz-hz-b: hz-b -> sh-b (epoch 2)"
+            ],
+            "the units served from hangzhou move to their standbys"
+        );
+        println!(
+            "hangzhou lost: the controller moved its units {:.2} s after ({report})",
+            moved_after.as_secs_f64()
+        );
+        assert!(moved_after >= Duration::from_secs(2), "moved before --down-after");
+        assert!(moved_after < Duration::from_secs(8), "moved only after {moved_after:?}");
+        let placed = placements(&mut client).await;
+        for unit in ["rz-hz-a", "rz-hz-b", "gz"] {
+            assert!(placed[unit].0.starts_with("sh-"), "{unit} is served from {}", placed[unit].0);
+        }
+        assert_eq!(placed["cz-hangzhou"], ("hz-a".to_string(), 1), "the city's own copy stays");
+        for index in &hangzhou {
+            cluster.resume(*index).unwrap();
+        }
+        assert_eq!(
+            next_line(&mut lines).await,
+            "city hangzhou answers again; `fivefold failback` moves its units home"
+        );
+        assert_eq!(placements(&mut client).await, placed, "no automatic failback");
     })
     .await;
 }

@@ -10,6 +10,9 @@
 //!   standby dc (or a named dc), and back home; each move bumps the unit's
 //!   epoch in a Txn that compares the record's `mod_revision`, so two
 //!   operators racing cannot both win.
+//! - [`controller`]: the automatic failover controller (leader-elected by a
+//!   lease): when every store member of a city is unreachable for a while,
+//!   it fails that city's units over.
 //! - [`fence`]: a unit's business writes as a Txn that also compares the
 //!   unit's routing record, so an instance still serving an old epoch (in
 //!   the old dc) cannot write once the unit has moved.
@@ -19,6 +22,7 @@
 //! **Architecture Invariant:** an epoch only grows; every move writes the
 //! record once, with epoch + 1, conditionally on the record being unchanged.
 
+pub mod controller;
 pub mod failover;
 pub mod fence;
 pub mod publish;

@@ -22,9 +22,18 @@ pub struct Published {
     pub removed: Vec<String>,
 }
 
-/// The published topology and the `mod_revision` of its key.
+/// The published topology and the `mod_revision` of its key (a linearizable read).
 pub async fn read_topology(client: &mut Client) -> Result<(UnitTopology, i64), RouterError> {
-    let response = client.get(TOPOLOGY_KEY, None).await?;
+    read_topology_with(client, false).await
+}
+
+/// [`read_topology`], or served locally by the member asked (`serializable`).
+pub async fn read_topology_with(
+    client: &mut Client,
+    serializable: bool,
+) -> Result<(UnitTopology, i64), RouterError> {
+    let options = serializable.then(|| etcd_client::GetOptions::new().with_serializable());
+    let response = client.get(TOPOLOGY_KEY, options).await?;
     let kv = response.kvs().first().ok_or(RouterError::NoTopology { key: TOPOLOGY_KEY })?;
     Ok((UnitTopology::from_json(kv.value())?, kv.mod_revision()))
 }

@@ -63,11 +63,24 @@ pub struct Stored {
     pub mod_revision: i64,
 }
 
-/// Every unit's routing record, by unit name.
+/// Every unit's routing record, by unit name (a linearizable read).
 pub async fn read_all(
     client: &mut etcd_client::Client,
 ) -> Result<std::collections::BTreeMap<String, Stored>, RouterError> {
-    let response = client.get(ROUTING_PREFIX, Some(etcd_client::GetOptions::new().with_prefix())).await?;
+    read_all_with(client, false).await
+}
+
+/// [`read_all`], or served by the member asked without a leader round trip
+/// (`serializable`: possibly stale, but answers while the store elects a leader).
+pub async fn read_all_with(
+    client: &mut etcd_client::Client,
+    serializable: bool,
+) -> Result<std::collections::BTreeMap<String, Stored>, RouterError> {
+    let mut options = etcd_client::GetOptions::new().with_prefix();
+    if serializable {
+        options = options.with_serializable();
+    }
+    let response = client.get(ROUTING_PREFIX, Some(options)).await?;
     let mut records = std::collections::BTreeMap::new();
     for kv in response.kvs() {
         let key = String::from_utf8_lossy(kv.key()).to_string();

@@ -153,6 +153,21 @@ impl StoreNode {
     }
 
     /// Waits for the next change of leadership, or `deadline`.
+    /// Resolves once this member knows a leader other than `old` (never, if the
+    /// member stops first). Lets a call stuck on a dead leader give up as soon
+    /// as a successor is elected instead of waiting out its deadline.
+    async fn successor_of(&self, old: NodeId) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if metrics.borrow_and_update().current_leader.is_some_and(|id| id != old) {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     async fn leadership_change(&self, seen: Option<NodeId>, deadline: Instant) {
         let mut metrics = self.raft.metrics();
         let changed = |m: &openraft::RaftMetrics<NodeId, Member>| m.current_leader != seen;
@@ -281,7 +296,7 @@ impl StoreNode {
             let index = if leader_id == self.member_id {
                 self.read_index_here(deadline).await
             } else {
-                self.read_index_from(&leader, deadline).await
+                self.read_index_from(leader_id, &leader, deadline).await
             };
             match index {
                 Ok(index) => return Ok(index),
@@ -313,12 +328,23 @@ impl StoreNode {
         }
     }
 
-    async fn read_index_from(&self, leader: &Member, deadline: Instant) -> Result<u64, Status> {
+    async fn read_index_from(
+        &self,
+        leader_id: NodeId,
+        leader: &Member,
+        deadline: Instant,
+    ) -> Result<u64, Status> {
         let url = leader.peer_urls.first().ok_or_else(|| Status::unavailable(NO_LEADER))?;
         let mut client = self.peer(url).await?;
         let mut request = tonic::Request::new(ReadIndexRequest {});
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        match client.read_index(request).await {
+        // A read index is safe to ask again: a leader that stopped answering
+        // is given up as soon as another is elected.
+        let answer = tokio::select! {
+            answer = client.read_index(request) => answer,
+            _ = self.successor_of(leader_id) => return Err(Status::unavailable(NOT_LEADER)),
+        };
+        match answer {
             Ok(reply) => Ok(reply.into_inner().index),
             Err(status) if status.message() == NOT_LEADER => Err(status),
             Err(status) => {
@@ -430,7 +456,17 @@ impl StoreNode {
                 here().await
             } else {
                 let url = leader.peer_urls.first().ok_or_else(|| Status::unavailable(NO_LEADER))?;
-                match remote(self.peer(url).await?, deadline).await {
+                let call = remote(self.peer(url).await?, deadline);
+                let answer = if matches!(retry, Retry::Idempotent) {
+                    // Safe to repeat: give a silent leader up once a successor is known.
+                    tokio::select! {
+                        answer = call => answer,
+                        _ = self.successor_of(leader_id) => Err(Status::unavailable(NOT_LEADER)),
+                    }
+                } else {
+                    call.await
+                };
+                match answer {
                     Err(status) if status.message() != NOT_LEADER && retry.allows(&status) => {
                         tracing::debug!(%status, leader = %leader, "leader call failed; trying the next leader");
                         Err(Status::unavailable(NOT_LEADER))

@@ -170,8 +170,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
+    let stop = crate::store_cmd::stop_signal()?;
     let outcome = tokio::select! {
-        _ = crate::store_cmd::stop_signal() => Ok(()),
+        _ = stop => Ok(()),
         (name, how) = exited => Err(anyhow::anyhow!("member {name} exited unexpectedly ({how})")),
     };
     server.abort();
