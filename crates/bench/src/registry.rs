@@ -56,7 +56,7 @@ async fn subscriber(
     arrivals: mpsc::UnboundedSender<(usize, Instant)>,
     changes: usize,
 ) -> Result<(), BenchError> {
-    let permit = opening.acquire_owned().await.map_err(|e| bad(e.to_string()))?;
+    let mut permit = Some(opening.acquire_owned().await.map_err(|e| bad(e.to_string()))?);
     let mut sender = connect(&address).await?;
     let request = http::Request::builder()
         .uri(path.as_str())
@@ -75,6 +75,8 @@ async fn subscriber(
         while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
             buffer.advance(end + 1);
             if lines == 0 {
+                // Open: let the next stream start.
+                permit.take();
                 ready.send(()).await.map_err(|e| bad(e.to_string()))?;
             } else {
                 let _ = arrivals.send((lines - 1, Instant::now()));
@@ -93,7 +95,6 @@ async fn subscriber(
             _ => return Err(bad("a watch stream ended early".into())),
         }
     }
-    drop(permit);
     Ok(())
 }
 

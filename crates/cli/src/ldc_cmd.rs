@@ -76,12 +76,33 @@ pub struct FailbackArgs {
     pub endpoints: Endpoints,
 }
 
+/// How long a command waits for a store that does not accept connections yet.
+pub const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Endpoints {
-    /// A store client with fivefold's deadlines (see `client::connect`).
+    /// A store client with fivefold's deadlines (see `client::connect`). A store
+    /// that is still starting gets [`STORE_WAIT`] to accept the connection.
     pub async fn connect(&self) -> anyhow::Result<Client> {
-        client::connect(&self.endpoints)
-            .await
-            .with_context(|| format!("connecting to {} (is the store running?)", self.endpoints.join(",")))
+        let deadline = tokio::time::Instant::now() + STORE_WAIT;
+        loop {
+            // etcd-client connects lazily: a Status call proves the store answers.
+            let attempt = async {
+                let mut client = client::connect(&self.endpoints).await?;
+                client.status().await?;
+                Ok::<_, client::etcd_client::Error>(client)
+            };
+            match attempt.await {
+                Ok(client) => return Ok(client),
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await
+                }
+                Err(error) => {
+                    return Err(error).with_context(|| {
+                        format!("connecting to {} (is the store running?)", self.endpoints.join(","))
+                    })
+                }
+            }
+        }
     }
 }
 

@@ -25,7 +25,7 @@ pub mod http;
 mod instance;
 mod registration;
 
-pub use catalog::{Catalog, Delta, Subscription};
+pub use catalog::{Catalog, Change, Delta, Subscription};
 pub use instance::{instance_key, Health, Instance, REGISTRY_PREFIX};
 pub use registration::{Registration, DEFAULT_TTL_SECONDS, TTL_SECONDS_MIN};
 

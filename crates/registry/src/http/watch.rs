@@ -12,7 +12,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use serde::Serialize;
 
 use super::metrics::{Metrics, Push};
-use crate::{Catalog, Delta, Instance, RegistryError, Subscription};
+use crate::{Catalog, Change, Delta, Instance, RegistryError, Subscription};
 
 /// Lines already waiting are sent together, up to about this many bytes per
 /// frame (a burst of changes costs one write, not one per change).
@@ -45,11 +45,19 @@ pub(crate) fn encode(delta: &Delta) -> (Push, Vec<u8>) {
     (push, bytes)
 }
 
-type Pull = Pin<Box<dyn Future<Output = (Subscription, Result<Delta, RegistryError>)> + Send>>;
+fn push_kind(delta: &Delta) -> Push {
+    match delta {
+        Delta::Snapshot { .. } => Push::Snapshot,
+        Delta::Upsert { .. } => Push::Upsert,
+        Delta::Remove { .. } => Push::Remove,
+    }
+}
+
+type Pull = Pin<Box<dyn Future<Output = (Subscription, Result<Arc<Change>, RegistryError>)> + Send>>;
 
 fn pull(mut subscription: Subscription) -> Pull {
     Box::pin(async move {
-        let next = subscription.next().await;
+        let next = subscription.next_shared().await;
         (subscription, next)
     })
 }
@@ -97,9 +105,10 @@ impl Body for WatchBody {
                 Poll::Ready(done) => done,
             };
             match result {
-                Ok(delta) => {
-                    let (push, line) = encode(&delta);
-                    this.metrics.pushed(push);
+                Ok(change) => {
+                    // Encoded once for every subscriber that gets this change.
+                    let line = change.json_line(|delta| encode(delta).1);
+                    this.metrics.pushed(push_kind(&change.delta));
                     buffer.extend_from_slice(&line);
                     this.pull = Some(pull(subscription));
                 }
