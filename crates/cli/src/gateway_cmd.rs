@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// Its city (default: the dc's city in the published topology).
     #[arg(long)]
     pub city: Option<String>,
+    /// Serving threads, each with its own listener and upstream pool (default:
+    /// one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
     #[command(flatten)]
     pub endpoints: Endpoints,
 }
@@ -93,12 +97,14 @@ pub async fn run_gateway(command: GatewayCommand) -> anyhow::Result<()> {
                         )
                     })?,
             };
-            let listener = tokio::net::TcpListener::bind(args.listen)
-                .await
+            let threads =
+                args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let config = gateway::GatewayConfig { dc: args.dc.clone(), city: city.clone() };
+            let stop = crate::store_cmd::stop_signal()?;
+            let (bound, running) = gateway::serve_per_thread(args.listen, threads, watched, config, stop)
                 .with_context(|| format!("binding {}", args.listen))?;
-            println!("gateway for dc {} ({city}) listening on {}", args.dc, listener.local_addr()?);
-            let config = gateway::GatewayConfig { dc: args.dc, city };
-            gateway::serve(listener, watched, config, crate::store_cmd::stop_signal()?).await?;
+            println!("gateway for dc {} ({city}) listening on {bound} ({threads} threads)", args.dc);
+            running.await?;
             Ok(())
         }
     }

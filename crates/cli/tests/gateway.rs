@@ -30,33 +30,7 @@ use tokio::process::{Child, Command};
 use topology::{RoutingTable, UnitKind, UnitTopology};
 
 const TEST_LIMIT: Duration = Duration::from_secs(150);
-const ROUTES: &str = r#"
-[[routes]]
-name = "accounts"
-path_prefix = "/accounts"
-service = "account"
-zone = "rzone"
-uid = { path_segment = 1 }
-
-[[routes]]
-name = "whoami"
-path_prefix = "/whoami"
-service = "account"
-zone = "rzone"
-uid = { header = "x-uid" }
-
-[[routes]]
-name = "config"
-path_prefix = "/config"
-service = "account"
-zone = "gzone"
-
-[[routes]]
-name = "rates"
-path_prefix = "/rates"
-service = "account"
-zone = "czone"
-"#;
+const ROUTES: &str = gateway::DEFAULT_ROUTES_TOML;
 
 type Http = HttpClient<HttpConnector, Empty<Bytes>>;
 
@@ -108,7 +82,8 @@ async fn start_gateway(endpoints: &str, dc: &'static str) -> Gateway {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let line = lines.next_line().await.unwrap().expect("the gateway says where it listens");
-    let address = line.rsplit(' ').next().unwrap().to_string();
+    let address =
+        line.split("listening on ").nth(1).and_then(|rest| rest.split(' ').next()).unwrap().to_string();
     assert!(line.starts_with(&format!("gateway for dc {dc}")), "{line}");
     Gateway { dc, address, _child: child }
 }

@@ -85,6 +85,17 @@ impl Up {
     }
 }
 
+/// A plain HTTP/1.1 GET on loopback with one extra header; the whole response.
+async fn http_get(port: u16, path: &str, header: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("the gateway listens");
+    let request = format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n{header}\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
 /// `fivefold chaos ARGS --base-port PORT`: (success, stdout, stderr).
 async fn chaos(base_port: u16, args: &[&str]) -> (bool, String, String) {
     let output = Command::new(bin())
@@ -102,7 +113,8 @@ async fn chaos(base_port: u16, args: &[&str]) -> (bool, String, String) {
 }
 
 /// A base port whose deployment ports (base + 10 i and base + 10 i + 1 for
-/// five members, and the control port base + 50) are all free right now.
+/// five members, the control port base + 50 and the gateways base + 60..=62)
+/// are all free right now.
 fn free_base_port() -> u16 {
     static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -111,7 +123,7 @@ fn free_base_port() -> u16 {
         let base = 20_000 + ((seed.wrapping_mul(7919) + attempt * 131) % 9_000) as u16;
         let free = (0..5u16)
             .flat_map(|i| [base + 10 * i, base + 10 * i + 1])
-            .chain([base + 50])
+            .chain([base + 50, base + 60, base + 61, base + 62])
             .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
         if free {
             return base;
@@ -160,6 +172,13 @@ async fn up_starts_fast_resumes_and_survives_a_city_drill() {
         assert!(ok, "status: {err}");
         assert_eq!(out.lines().filter(|l| l.contains(" leader ")).count(), 1, "one leader:\n{out}");
         assert!(out.contains("cut: none"), "{out}");
+
+        // The unit layer: a request by user id through the hangzhou gateway
+        // reaches the unit that owns the uid.
+        let printed = up_first.printed_with("a gateway per city").await;
+        assert!(printed.contains("Units: published"), "{printed}");
+        let body = http_get(base_port + 60, "/whoami", "x-uid: 7").await;
+        assert!(body.contains("\"unit\":\"rz-hz-a\"") && body.contains("\"dc\":\"hz-a\""), "{body}");
 
         drill(&up_first, base_port, "hangzhou").await;
 

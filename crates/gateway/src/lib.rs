@@ -28,9 +28,9 @@ pub mod resolve;
 pub mod routes;
 pub mod state;
 
-pub use proxy::{serve, GatewayConfig};
+pub use proxy::{serve, serve_per_thread, GatewayConfig};
 pub use resolve::{resolve, Refusal, Target};
-pub use routes::{publish_routes, Route, RoutesFile, UidSource, ROUTES_PREFIX};
+pub use routes::{publish_routes, Route, RoutesFile, UidSource, DEFAULT_ROUTES_TOML, ROUTES_PREFIX};
 pub use state::{View, Watched};
 
 /// What went wrong setting the gateway up.

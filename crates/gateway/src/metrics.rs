@@ -14,15 +14,18 @@ pub const LATENCY_BUCKETS: [f64; 12] =
 #[derive(Default)]
 struct Series {
     requests: [AtomicU64; 5],
+    /// Not cumulative: a request counts in the first bucket it fits (one
+    /// atomic add); the exposition sums them.
     buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     count: AtomicU64,
     sum_micros: AtomicU64,
 }
 
-/// The gateway's counters.
+/// The gateway's counters, by route then unit (looked up by `&str`: no
+/// allocation per request once a series exists).
 #[derive(Default)]
 pub struct Metrics {
-    series: RwLock<BTreeMap<(String, String), Arc<Series>>>,
+    series: RwLock<BTreeMap<String, BTreeMap<String, Arc<Series>>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -35,11 +38,13 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 impl Metrics {
     fn series(&self, route: &str, unit: &str) -> Arc<Series> {
-        let key = (route.to_string(), unit.to_string());
-        if let Some(series) = self.series.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(series) =
+            self.series.read().unwrap_or_else(|p| p.into_inner()).get(route).and_then(|units| units.get(unit))
+        {
             return series.clone();
         }
-        self.series.write().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().clone()
+        let mut all = self.series.write().unwrap_or_else(|p| p.into_inner());
+        all.entry(route.to_string()).or_default().entry(unit.to_string()).or_default().clone()
     }
 
     /// One request answered with `status` after `latency`.
@@ -48,10 +53,8 @@ impl Metrics {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         series.requests[class].fetch_add(1, Ordering::Relaxed);
         let seconds = latency.as_secs_f64();
-        for (bucket, bound) in series.buckets.iter().zip(LATENCY_BUCKETS) {
-            if seconds <= bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(bucket) = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound) {
+            series.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         }
         series.count.fetch_add(1, Ordering::Relaxed);
         series.sum_micros.fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
@@ -63,7 +66,9 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# HELP fivefold_gateway_requests_total Requests by route, unit and status class.\n");
         out.push_str("# TYPE fivefold_gateway_requests_total counter\n");
-        for ((route, unit), s) in series.iter() {
+        let flat =
+            || series.iter().flat_map(|(route, units)| units.iter().map(move |(unit, s)| (route, unit, s)));
+        for (route, unit, s) in flat() {
             for (class, count) in CLASSES.iter().zip(&s.requests) {
                 let count = count.load(Ordering::Relaxed);
                 if count > 0 {
@@ -78,13 +83,14 @@ impl Metrics {
             "# HELP fivefold_gateway_request_seconds Time to the response head, by route and unit.\n",
         );
         out.push_str("# TYPE fivefold_gateway_request_seconds histogram\n");
-        for ((route, unit), s) in series.iter() {
+        for (route, unit, s) in flat() {
             let labels = format!("route=\"{route}\",unit=\"{unit}\"");
+            let mut cumulative = 0;
             for (bucket, bound) in s.buckets.iter().zip(LATENCY_BUCKETS) {
+                cumulative += bucket.load(Ordering::Relaxed);
                 let _ = writeln!(
                     out,
-                    "fivefold_gateway_request_seconds_bucket{{{labels},le=\"{bound}\"}} {}",
-                    bucket.load(Ordering::Relaxed)
+                    "fivefold_gateway_request_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
                 );
             }
             let count = s.count.load(Ordering::Relaxed);

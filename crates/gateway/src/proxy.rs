@@ -95,22 +95,25 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
                 return Ok(refusal(&refused));
             }
         };
-    drop(view);
+    let failed = |status: StatusCode, message: String| Refusal {
+        status,
+        message,
+        route: Some(target.route.to_string()),
+        unit: Some(target.unit.to_string()),
+    };
     let (mut parts, body) = request.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let uri: Uri = match format!("http://{}{path_and_query}", target.address).parse() {
+    let uri = http::uri::Builder::new()
+        .scheme(http::uri::Scheme::HTTP)
+        .authority(target.address)
+        .path_and_query(path_and_query)
+        .build();
+    let uri: Uri = match uri {
         Ok(uri) => uri,
         Err(e) => {
-            let refused = Refusal {
-                status: StatusCode::BAD_GATEWAY,
-                message: format!(
-                    "instance {} has an unusable address {:?}: {e}",
-                    target.instance, target.address
-                ),
-                route: Some(target.route.clone()),
-                unit: Some(target.unit.clone()),
-            };
-            return Ok(refusal(&refused));
+            let message =
+                format!("instance {} has an unusable address {:?}: {e}", target.instance, target.address);
+            return Ok(refusal(&failed(StatusCode::BAD_GATEWAY, message)));
         }
     };
     parts.uri = uri;
@@ -118,22 +121,22 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
     for name in HOP_BY_HOP {
         parts.headers.remove(name);
     }
-    if let Ok(host) = HeaderValue::from_str(&target.address) {
-        parts.headers.insert(HOST, host);
-    }
-    // Routing facts the instance trusts: set here, never taken from the client.
-    let mut set = |name: &'static str, value: String| {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            parts.headers.insert(HeaderName::from_static(name), value);
+    let headers = &mut parts.headers;
+    let mut set = |name: &'static str, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(HeaderName::from_static(name), value);
         }
     };
-    set("x-fivefold-unit", target.unit.clone());
-    set("x-fivefold-epoch", target.epoch.to_string());
-    set("x-fivefold-dc", target.dc.clone());
+    set(HOST.as_str(), target.address);
+    // Routing facts the instance trusts: set here, never taken from the client.
+    set("x-fivefold-unit", target.unit);
+    set("x-fivefold-dc", target.dc);
+    let mut digits = itoa_buffer();
+    set("x-fivefold-epoch", format_u64(&mut digits, target.epoch));
     match (target.uid, target.shard) {
         (Some(uid), Some(shard)) => {
-            set("x-fivefold-uid", uid.to_string());
-            set("x-fivefold-shard", shard.to_string());
+            set("x-fivefold-uid", format_u64(&mut digits, uid));
+            set("x-fivefold-shard", format_u64(&mut digits, u64::from(shard)));
         }
         _ => {
             parts.headers.remove("x-fivefold-uid");
@@ -145,26 +148,92 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
     let response = match response {
         Ok(Ok(response)) => response.map(|body| body.boxed()),
         Ok(Err(e)) => {
-            let refused = Refusal {
-                status: StatusCode::BAD_GATEWAY,
-                message: format!("instance {} at {} failed: {e}", target.instance, target.address),
-                route: Some(target.route.clone()),
-                unit: Some(target.unit.clone()),
-            };
-            refusal(&refused)
+            let message = format!("instance {} at {} failed: {e}", target.instance, target.address);
+            refusal(&failed(StatusCode::BAD_GATEWAY, message))
         }
         Err(_) => {
-            let refused = Refusal {
-                status: StatusCode::GATEWAY_TIMEOUT,
-                message: format!("instance {} did not answer within {UPSTREAM_TIMEOUT:?}", target.instance),
-                route: Some(target.route.clone()),
-                unit: Some(target.unit.clone()),
-            };
-            refusal(&refused)
+            let message = format!("instance {} did not answer within {UPSTREAM_TIMEOUT:?}", target.instance);
+            refusal(&failed(StatusCode::GATEWAY_TIMEOUT, message))
         }
     };
-    shared.metrics.record(&target.route, &target.unit, response.status().as_u16(), started.elapsed());
+    shared.metrics.record(target.route, target.unit, response.status().as_u16(), started.elapsed());
     Ok(response)
+}
+
+/// Room for the decimal digits of a u64.
+fn itoa_buffer() -> [u8; 20] {
+    [0; 20]
+}
+
+/// `value` in decimal, written into `buffer` (no allocation).
+fn format_u64(buffer: &mut [u8; 20], mut value: u64) -> &str {
+    let mut at = buffer.len();
+    loop {
+        at -= 1;
+        buffer[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buffer[at..]).expect("ascii digits")
+}
+
+/// Pending connections the kernel queues.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Serves the gateway the way nginx runs its workers: `threads` threads, each
+/// with its own single-threaded runtime and upstream pool, all accepting from
+/// one listening socket (a thread that is free takes the next connection), so
+/// a request never crosses threads. Returns the bound address at once (port 0
+/// picks one) and a future that runs until `shutdown` resolves.
+pub fn serve_per_thread(
+    address: std::net::SocketAddr,
+    threads: usize,
+    watched: Arc<Watched>,
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<(std::net::SocketAddr, impl Future<Output = std::io::Result<()>>)> {
+    let socket =
+        if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    let first = socket.listen(LISTEN_BACKLOG)?.into_std()?;
+    let bound = first.local_addr()?;
+    let mut listeners = Vec::new();
+    for _ in 1..threads.max(1) {
+        listeners.push(first.try_clone()?);
+    }
+    listeners.push(first);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut workers = Vec::new();
+    for (n, listener) in listeners.into_iter().enumerate() {
+        let (watched, config, mut stop) = (watched.clone(), config.clone(), stop_rx.clone());
+        let worker = std::thread::Builder::new().name(format!("gateway-{n}")).spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async move {
+                listener.set_nonblocking(true)?;
+                let listener = TcpListener::from_std(listener)?;
+                serve(listener, watched, config, async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                })
+                .await
+            })
+        })?;
+        workers.push(worker);
+    }
+    let running = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        for worker in workers {
+            let joined = tokio::task::spawn_blocking(move || worker.join()).await;
+            if let Ok(Ok(Err(error))) = joined {
+                return Err(error);
+            }
+        }
+        Ok(())
+    };
+    Ok((bound, running))
 }
 
 /// Serves the gateway on `listener` until `shutdown` resolves.
@@ -201,5 +270,18 @@ pub async fn serve(
                 tracing::debug!(%error, "connection ended with an error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_format_without_allocating() {
+        let mut buffer = itoa_buffer();
+        assert_eq!(format_u64(&mut buffer, 0), "0");
+        assert_eq!(format_u64(&mut buffer, 42), "42");
+        assert_eq!(format_u64(&mut buffer, u64::MAX), "18446744073709551615");
     }
 }

@@ -8,17 +8,18 @@ use topology::UnitKind;
 use crate::routes::UidSource;
 use crate::state::View;
 
-/// Where a request goes.
+/// Where a request goes; borrowed from the [`View`] it was resolved against
+/// (no allocation on the hot path).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub route: String,
-    pub unit: String,
-    pub dc: String,
+pub struct Target<'a> {
+    pub route: &'a str,
+    pub unit: &'a str,
+    pub dc: &'a str,
     pub epoch: u64,
     pub uid: Option<u64>,
     pub shard: Option<u32>,
-    pub instance: String,
-    pub address: String,
+    pub instance: &'a str,
+    pub address: &'a str,
 }
 
 /// Why a request is not forwarded: the status and a body that says what to fix.
@@ -62,14 +63,14 @@ fn uid_text<'a>(
 
 /// Resolves a request against `view` for a gateway in `city`; `pick` spreads
 /// requests over a unit's instances (any counter will do).
-pub fn resolve(
-    view: &View,
+pub fn resolve<'a>(
+    view: &'a View,
     city: &str,
     path: &str,
     query: Option<&str>,
     headers: &HeaderMap,
     pick: u64,
-) -> Result<Target, Refusal> {
+) -> Result<Target<'a>, Refusal> {
     let route = view.routes.iter().find(|r| path.starts_with(&r.path_prefix)).ok_or_else(|| {
         refuse(StatusCode::NOT_FOUND, None, None, format!("no route matches path {path:?}"))
     })?;
@@ -102,35 +103,33 @@ pub fn resolve(
                 )
             })?;
             let shard = table.shard_of(uid);
-            (table.unit_for_uid(uid).name.clone(), Some(uid), Some(shard))
+            (table.unit_for_uid(uid).name.as_str(), Some(uid), Some(shard))
         }
-        UnitKind::Gzone => (table.gzone().name.clone(), None, None),
+        UnitKind::Gzone => (table.gzone().name.as_str(), None, None),
         UnitKind::Czone => {
             let unit = table.czone_in_city(city).ok_or_else(|| {
                 refuse(StatusCode::SERVICE_UNAVAILABLE, name, None, format!("no czone serves city {city:?}"))
             })?;
-            (unit.name.clone(), None, None)
+            (unit.name.as_str(), None, None)
         }
     };
-    let record = view.units.get(&unit).ok_or_else(|| {
+    let record = view.units.get(unit).ok_or_else(|| {
         refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             name,
-            Some(&unit),
+            Some(unit),
             format!("unit {unit} has no routing record; re-apply the topology"),
         )
     })?;
-    let candidates: Vec<&Instance> = view
-        .instances
-        .get(&(route.service.clone(), unit.clone()))
-        .map(|list| list.iter().filter(|i| i.dc == record.current_dc).collect())
-        .unwrap_or_default();
-    let total: u64 = candidates.iter().map(|i| u64::from(i.weight)).sum();
+    let registered: &[Instance] =
+        view.instances.get(&route.service).and_then(|units| units.get(unit)).map_or(&[], Vec::as_slice);
+    let candidates = || registered.iter().filter(|i| i.dc == record.current_dc);
+    let total: u64 = candidates().map(|i| u64::from(i.weight)).sum();
     if total == 0 {
         return Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             name,
-            Some(&unit),
+            Some(unit),
             format!(
                 "no instance of service {} is up for unit {unit} in dc {} (epoch {})",
                 route.service, record.current_dc, record.epoch
@@ -138,8 +137,7 @@ pub fn resolve(
         ));
     }
     let mut point = pick % total;
-    let chosen = candidates
-        .iter()
+    let chosen = candidates()
         .find(|i| {
             let weight = u64::from(i.weight);
             if point < weight {
@@ -150,14 +148,14 @@ pub fn resolve(
         })
         .expect("point < total weight");
     Ok(Target {
-        route: route.name.clone(),
+        route: &route.name,
         unit,
-        dc: record.current_dc.clone(),
+        dc: &record.current_dc,
         epoch: record.epoch,
         uid,
         shard,
-        instance: chosen.id.clone(),
-        address: chosen.address.clone(),
+        instance: &chosen.id,
+        address: &chosen.address,
     })
 }
 
@@ -190,7 +188,7 @@ mod tests {
     fn view() -> View {
         let table = RoutingTable::new(UnitTopology::default_deployment()).unwrap();
         let mut units = HashMap::new();
-        let mut instances: HashMap<(String, String), Vec<Instance>> = HashMap::new();
+        let mut instances: HashMap<String, HashMap<String, Vec<Instance>>> = HashMap::new();
         for spec in &table.topology().units {
             units.insert(spec.name.clone(), router::UnitRouting::at_home(spec));
             let mut list =
@@ -198,7 +196,7 @@ mod tests {
             if let Some(standby) = &spec.standby_dc {
                 list.push(instance(&spec.name, standby, 3));
             }
-            instances.insert(("account".into(), spec.name.clone()), list);
+            instances.entry("account".into()).or_default().insert(spec.name.clone(), list);
         }
         let route = |name: &str, prefix: &str, zone: UnitKind, uid: Option<UidSource>| Route {
             name: name.into(),
@@ -219,7 +217,12 @@ mod tests {
         View { revision: 1, table: Some(table), units, routes, instances }
     }
 
-    fn go(view: &View, path: &str, query: Option<&str>, headers: &[(&str, &str)]) -> Result<Target, Refusal> {
+    fn go<'a>(
+        view: &'a View,
+        path: &str,
+        query: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<Target<'a>, Refusal> {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             map.append(
@@ -234,16 +237,13 @@ mod tests {
     fn every_uid_source_routes_to_the_owning_unit_at_its_current_dc() {
         let view = view();
         let t = go(&view, "/accounts/1234/balance", None, &[]).unwrap();
-        assert_eq!(
-            (t.unit.as_str(), t.dc.as_str(), t.shard, t.uid, t.epoch),
-            ("rz-hz-b", "hz-b", Some(34), Some(1234), 1)
-        );
+        assert_eq!((t.unit, t.dc, t.shard, t.uid, t.epoch), ("rz-hz-b", "hz-b", Some(34), Some(1234), 1));
         assert_eq!(go(&view, "/pay", None, &[("x-uid", "7")]).unwrap().unit, "rz-hz-a");
         assert_eq!(go(&view, "/c", None, &[("cookie", "a=1; uid=99")]).unwrap().unit, "rz-sh-b");
         assert_eq!(go(&view, "/q", Some("x=1&uid=60"), &[]).unwrap().unit, "rz-sh-a");
         assert_eq!(go(&view, "/config/x", None, &[]).unwrap().unit, "gz");
         let local = go(&view, "/rates", None, &[]).unwrap();
-        assert_eq!((local.unit.as_str(), local.dc.as_str()), ("cz-shanghai", "sh-a"));
+        assert_eq!((local.unit, local.dc), ("cz-shanghai", "sh-a"));
     }
 
     #[test]
@@ -255,7 +255,7 @@ mod tests {
             let mut headers = HeaderMap::new();
             headers.insert("x-uid", HeaderValue::from_static("1234"));
             let t = resolve(&view, "hangzhou", "/pay", None, &headers, pick).unwrap();
-            assert_eq!((t.dc.as_str(), t.epoch), ("sh-b", 2));
+            assert_eq!((t.dc, t.epoch), ("sh-b", 2));
             assert!(t.instance.contains("sh-b"), "{t:?}");
         }
     }
@@ -263,14 +263,14 @@ mod tests {
     #[test]
     fn instances_share_by_weight() {
         let mut view = view();
-        let list = view.instances.get_mut(&("account".to_string(), "rz-hz-a".to_string())).unwrap();
+        let list = view.instances.get_mut("account").unwrap().get_mut("rz-hz-a").unwrap();
         list[0].weight = 300;
         let mut counts: HashMap<String, u32> = HashMap::new();
         for pick in 0..400 {
             let mut headers = HeaderMap::new();
             headers.insert("x-uid", HeaderValue::from_static("5"));
             let t = resolve(&view, "hangzhou", "/pay", None, &headers, pick).unwrap();
-            *counts.entry(t.instance).or_default() += 1;
+            *counts.entry(t.instance.to_string()).or_default() += 1;
         }
         assert_eq!(counts["rz-hz-a-hz-a-1"], 300);
         assert_eq!(counts["rz-hz-a-hz-a-2"], 100);

@@ -15,6 +15,36 @@ pub const ROUTES_PREFIX: &str = "/fivefold/gateway/routes/";
 /// Most routes a gateway takes.
 pub const ROUTES_MAX: usize = 1_000;
 
+/// The routes `fivefold up` publishes, for the sample account service:
+/// `/whoami` (user id in the `x-uid` header), `/accounts/{uid}/...`, a GZone
+/// route `/config/...` and a CZone route `/rates/...`.
+pub const DEFAULT_ROUTES_TOML: &str = r#"[[routes]]
+name = "accounts"
+path_prefix = "/accounts"
+service = "account"
+zone = "rzone"
+uid = { path_segment = 1 }
+
+[[routes]]
+name = "whoami"
+path_prefix = "/whoami"
+service = "account"
+zone = "rzone"
+uid = { header = "x-uid" }
+
+[[routes]]
+name = "config"
+path_prefix = "/config"
+service = "account"
+zone = "gzone"
+
+[[routes]]
+name = "rates"
+path_prefix = "/rates"
+service = "account"
+zone = "czone"
+"#;
+
 /// Where a request carries its user id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -176,6 +206,15 @@ path_prefix = "/rates"
 service = "account"
 zone = "czone"
 "#;
+
+    #[test]
+    fn the_default_routes_are_valid() {
+        let file = RoutesFile::from_toml(DEFAULT_ROUTES_TOML).unwrap();
+        assert_eq!(
+            file.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["accounts", "whoami", "config", "rates"]
+        );
+    }
 
     #[test]
     fn a_routes_file_parses_and_validates() {

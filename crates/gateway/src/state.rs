@@ -27,8 +27,8 @@ pub struct View {
     pub units: HashMap<String, UnitRouting>,
     /// Longest path prefix first.
     pub routes: Vec<Route>,
-    /// Instances that take traffic (health up, weight > 0), by (service, unit).
-    pub instances: HashMap<(String, String), Vec<Instance>>,
+    /// Instances that take traffic (health up, weight > 0), by service, then unit.
+    pub instances: HashMap<String, HashMap<String, Vec<Instance>>>,
 }
 
 struct Sources {
@@ -73,14 +73,12 @@ fn build(sources: &Sources, previous: &View) -> View {
         })
         .collect();
     routes.sort_by(|a, b| b.path_prefix.len().cmp(&a.path_prefix.len()).then(a.name.cmp(&b.name)));
-    let mut instances: HashMap<(String, String), Vec<Instance>> = HashMap::new();
-    for (_, list) in sources.catalog.services() {
+    let mut instances: HashMap<String, HashMap<String, Vec<Instance>>> = HashMap::new();
+    for (service, list) in sources.catalog.services() {
         for instance in list {
             if instance.health == Health::Up && instance.weight > 0 {
-                instances
-                    .entry((instance.service.clone(), instance.unit.clone()))
-                    .or_default()
-                    .push(instance);
+                let by_unit = instances.entry(service.clone()).or_default();
+                by_unit.entry(instance.unit.clone()).or_default().push(instance);
             }
         }
     }

@@ -11,6 +11,7 @@
 mod control;
 mod deployment;
 mod probe;
+mod units;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -109,6 +110,8 @@ async fn start(args: &UpArgs, exe: &std::path::Path) -> anyhow::Result<Deploymen
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    // First: a Ctrl-C from now on stops the members cleanly.
+    let stop = crate::store_cmd::stop_signal()?;
     let started = Instant::now();
     let exe = std::env::current_exe().context("finding the fivefold binary")?;
     std::fs::create_dir_all(&args.data_dir)
@@ -154,6 +157,24 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     } else {
         format!(" --base-port {}", args.base_port)
     };
+    let units = units::Units::start(&urls, args.base_port).await.context("starting the unit layer")?;
+    println!(
+        "Units: {} of the default topology (4 rzones over 100 shards, a gzone, a czone per city), \
+         {} account instances, a gateway per city:",
+        if units.published { "published" } else { "resumed" },
+        units.instances
+    );
+    for (city, dc, address) in &units.gateways {
+        println!("  {city:<10} {dc:<6} http://{address}");
+    }
+    if let Some((_, _, address)) = units.gateways.first() {
+        println!("  curl -H 'x-uid: 7' http://{address}/whoami        # uid 7 -> shard 7 -> rz-hz-a");
+        println!("  curl -XPOST 'http://{address}/accounts/42/deposit?amount=5'");
+        println!(
+            "  fivefold topology show --endpoints {}   |   fivefold failover unit rz-hz-a --endpoints ...",
+            endpoints[0]
+        );
+    }
     println!("Faults from another terminal (this terminal prints the RTO and RPO of each cut):");
     println!("  fivefold chaos status{port_flag}");
     println!("  fivefold chaos cut hangzhou{port_flag}   then   fivefold chaos heal{port_flag}");
@@ -170,7 +191,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
-    let stop = crate::store_cmd::stop_signal()?;
     let outcome = tokio::select! {
         _ = stop => Ok(()),
         (name, how) = exited => Err(anyhow::anyhow!("member {name} exited unexpectedly ({how})")),
@@ -178,6 +198,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     server.abort();
     let _ = server.await;
     eprintln!("stopping members...");
+    units.stop().await;
     let Ok(state) = Arc::try_unwrap(state) else {
         bail!("a control connection is still open; members are killed on exit");
     };
