@@ -159,9 +159,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     let units = units::Units::start(&urls, args.base_port).await.context("starting the unit layer")?;
     println!(
-        "Units: {} of the default topology (4 rzones over 100 shards, a gzone, a czone per city), \
+        "Units: the default topology ({}; 4 rzones over 100 shards, a gzone, a czone per city), \
          {} account instances, a gateway per city:",
-        if units.published { "published" } else { "resumed" },
+        if units.published { "published now" } else { "as published before" },
         units.instances
     );
     for (city, dc, address) in &units.gateways {
