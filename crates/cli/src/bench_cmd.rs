@@ -18,6 +18,8 @@ pub enum WorkloadArg {
     Http,
     /// A registry server's push latency: --subscribers watch streams, --changes registrations.
     RegistryPush,
+    /// Root: put/get latency from each dc of a namespace WAN, fivefold against etcd.
+    WanLatency,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -79,12 +81,26 @@ pub struct BenchArgs {
     /// registry-push: registrations to push, one at a time.
     #[arg(long, default_value_t = 5)]
     pub changes: usize,
+    /// wan-latency: timed operations per kind, dc and round.
+    #[arg(long, default_value_t = 40)]
+    pub samples: usize,
+    /// wan-latency: rounds per system (alternating etcd, fivefold).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+    /// wan-latency: the etcd server binary.
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    pub etcd: std::path::PathBuf,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let WorkloadArg::WanLatency = args.workload {
+        let wan =
+            crate::bench_wan::WanLatencyArgs { samples: args.samples, rounds: args.rounds, etcd: args.etcd };
+        return crate::bench_wan::run(wan).await;
+    }
     if let WorkloadArg::RegistryPush = args.workload {
         let config = bench::registry::PushConfig {
             registry: args.registry.clone(),
@@ -141,7 +157,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         WorkloadArg::TxnPut => bench::Workload::TxnPut,
         WorkloadArg::WatchLatency => bench::Workload::WatchLatency,
         WorkloadArg::Mixed => bench::Workload::Mixed,
-        WorkloadArg::Http | WorkloadArg::RegistryPush => unreachable!("handled above"),
+        WorkloadArg::Http | WorkloadArg::RegistryPush | WorkloadArg::WanLatency => {
+            unreachable!("handled above")
+        }
     };
     let report = bench::run(workload, &config).await.context("benchmark failed")?;
     print_report(&report, args.json)

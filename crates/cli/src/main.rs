@@ -2,6 +2,7 @@
 //! crate reads flags and the environment; everything below takes a config.
 
 mod bench_cmd;
+mod bench_wan;
 mod chaos_cmd;
 mod gateway_cmd;
 mod ldc_cmd;

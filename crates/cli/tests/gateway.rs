@@ -234,7 +234,8 @@ async fn ten_thousand_requests_reach_the_owning_unit() {
         assert_eq!(status, 404);
         // h2c (HTTP/2 without TLS, prior knowledge) is served on the same port.
         let h2: Http = HttpClient::builder(TokioExecutor::new()).http2_only(true).build_http();
-        let (status, body) = request(&h2, "GET", &format!("http://{gw}/whoami"), &[("x-uid", "60".into())]).await;
+        let (status, body) =
+            request(&h2, "GET", &format!("http://{gw}/whoami"), &[("x-uid", "60".into())]).await;
         assert_eq!((status, body["unit"].as_str()), (200, Some("rz-sh-a")), "h2c: {body}");
         let metrics = request_text(&platform.http, &format!("http://{gw}/_fivefold/metrics")).await;
         assert!(metrics
