@@ -43,6 +43,9 @@ pub const NO_LEADER: &str = "etcdserver: no leader";
 pub const REQUEST_TIMED_OUT: &str = "etcdserver: request timed out";
 /// Message a leader-only peer call gets from a member that is not the leader.
 pub const NOT_LEADER: &str = "fivefold: not the leader";
+/// etcd's error (Unavailable) for a write whose leader was replaced while it
+/// was in flight: its outcome is unknown, and the client may retry at once.
+pub const LEADER_CHANGED: &str = "etcdserver: leader changed";
 
 pub struct StoreNode {
     pub raft: Raft,
@@ -196,7 +199,7 @@ impl StoreNode {
             let result = if leader_id == self.member_id {
                 self.propose_here(command.clone(), deadline).await
             } else {
-                self.forward(&leader, command.clone(), deadline).await
+                self.forward(leader_id, &leader, command.clone(), deadline).await
             };
             match result {
                 Err(status) if status.message() == NOT_LEADER => {
@@ -221,6 +224,7 @@ impl StoreNode {
 
     async fn forward(
         &self,
+        leader_id: NodeId,
         leader: &Member,
         command: Command,
         deadline: Instant,
@@ -229,7 +233,17 @@ impl StoreNode {
         let mut client = self.peer(url).await?;
         let mut request = tonic::Request::new(ProposeRequest { command: Some(command) });
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        match client.propose(request).await {
+        // A leader that went silent is given up once a successor is known, as
+        // etcd does: the outcome is unknown ("leader changed"), but the client
+        // learns it now instead of at its deadline and can retry elsewhere.
+        let answer = tokio::select! {
+            answer = client.propose(request) => answer,
+            _ = self.successor_of(leader_id) => {
+                tracing::debug!(leader = %leader, "the leader was replaced while a forwarded write was in flight");
+                return Err(Status::unavailable(LEADER_CHANGED));
+            }
+        };
+        match answer {
             Ok(reply) => reply
                 .into_inner()
                 .response
