@@ -24,6 +24,8 @@ use crate::{balance_key, Balance};
 pub const SERVICE: &str = "account";
 /// Optimistic retries of one deposit when the balance changed under it.
 const DEPOSIT_RETRIES: usize = 16;
+/// Pause after a failed accept (e.g. out of file descriptors).
+const ACCEPT_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 /// Largest amount one deposit may move.
 pub const AMOUNT_MAX: i64 = 1_000_000_000;
 
@@ -208,7 +210,7 @@ async fn handle(
                 .find_map(|pair| pair.strip_prefix("amount="))
                 .map(str::parse::<i64>);
             match amount {
-                Some(Ok(amount)) if amount.abs() <= AMOUNT_MAX => {
+                Some(Ok(amount)) if (-AMOUNT_MAX..=AMOUNT_MAX).contains(&amount) => {
                     shared.deposit(uid, amount, routed_epoch).await
                 }
                 _ => error(StatusCode::BAD_REQUEST, format!("give ?amount=N with |N| <= {AMOUNT_MAX}")),
@@ -251,7 +253,11 @@ pub async fn serve(
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
-                Err(_) => continue,
+                // Out of descriptors or similar: do not spin.
+                Err(_) => {
+                    tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
+                    continue;
+                }
             },
             _ = &mut shutdown => break,
         };

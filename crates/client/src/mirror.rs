@@ -11,6 +11,11 @@ use tokio::task::JoinHandle;
 /// Changes buffered per subscriber; one that falls further behind is told so
 /// ([`broadcast::error::RecvError::Lagged`]) and takes a new snapshot.
 pub const CHANGES_BUFFER: usize = 4096;
+/// How often the mirror checks that its watch keeps up with the store.
+pub const LIVENESS_INTERVAL: Duration = Duration::from_secs(2);
+/// How long the mirror may stay behind the store (or the store not answer)
+/// before it watches again, possibly through another member.
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause before watching or listing again after an error.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
@@ -162,7 +167,7 @@ async fn run(
         }
         let from = state.read().unwrap_or_else(|p| p.into_inner()).revision + 1;
         let options = WatchOptions::new().with_prefix().with_start_revision(from).with_progress_notify();
-        let mut stream = match client.watch(prefix.as_str(), Some(options)).await {
+        let stream = match client.watch(prefix.as_str(), Some(options)).await {
             Ok(stream) => stream,
             Err(error) => {
                 tracing::warn!(%prefix, %error, "watch for the mirror failed; retrying");
@@ -170,10 +175,48 @@ async fn run(
                 continue;
             }
         };
+        let (mut requests, mut responses) = stream.split();
+        let mut liveness = tokio::time::interval(LIVENESS_INTERVAL);
+        liveness.tick().await;
+        // Since when, and behind which store revision, the mirror has been.
+        let mut behind: Option<(tokio::time::Instant, i64)> = None;
         loop {
-            let response = match stream.message().await {
-                Ok(Some(response)) => response,
-                Ok(None) | Err(_) => break,
+            let response = tokio::select! {
+                message = responses.message() => match message {
+                    Ok(Some(response)) => response,
+                    Ok(None) | Err(_) => break,
+                },
+                _ = liveness.tick() => {
+                    // A member cut off from the others keeps a watch open but
+                    // applies nothing: compare with the store's revision (a
+                    // linearizable read), ask for progress, and watch again
+                    // (possibly through another member) if the mirror does
+                    // not catch up.
+                    let count = GetOptions::new().with_prefix().with_count_only();
+                    let store = tokio::time::timeout(LIVENESS_TIMEOUT, client.get(prefix.as_str(), Some(count))).await;
+                    let Ok(Ok(store)) = store else {
+                        tracing::warn!(%prefix, "the store did not answer a liveness read; watching again");
+                        break;
+                    };
+                    let store_revision = store.header().map_or(0, |h| h.revision());
+                    let mirrored = state.read().unwrap_or_else(|p| p.into_inner()).revision;
+                    // Caught up with the revision the store had when the mirror
+                    // was first seen behind? (The store keeps moving under
+                    // load; only a target that is never reached counts.)
+                    if let Some((since, target)) = behind {
+                        if mirrored >= target {
+                            behind = None;
+                        } else if since.elapsed() >= LIVENESS_TIMEOUT {
+                            tracing::warn!(%prefix, mirrored, target, "the watch fell behind the store; watching again");
+                            break;
+                        }
+                    }
+                    if mirrored < store_revision {
+                        let _ = requests.request_progress().await;
+                        behind.get_or_insert((tokio::time::Instant::now(), store_revision));
+                    }
+                    continue;
+                }
             };
             if response.compact_revision() != 0 || response.canceled() {
                 // Missed history: start over from a fresh list.

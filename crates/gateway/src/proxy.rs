@@ -24,6 +24,8 @@ use crate::state::Watched;
 
 /// Deadline of an upstream's response head.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after a failed accept.
+const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Idle upstream connections kept per instance.
 pub const POOL_IDLE_PER_HOST: usize = 64;
 /// The gateway's own paths (never routed).
@@ -55,7 +57,7 @@ struct Shared {
     watched: Arc<Watched>,
     config: GatewayConfig,
     client: Client<HttpConnector, Incoming>,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     picks: AtomicU64,
 }
 
@@ -206,15 +208,17 @@ pub fn serve_per_thread(
     }
     listeners.push(first);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics = Arc::new(Metrics::default());
     let mut workers = Vec::new();
     for (n, listener) in listeners.into_iter().enumerate() {
         let (watched, config, mut stop) = (watched.clone(), config.clone(), stop_rx.clone());
+        let metrics = metrics.clone();
         let worker = std::thread::Builder::new().name(format!("gateway-{n}")).spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async move {
                 listener.set_nonblocking(true)?;
                 let listener = TcpListener::from_std(listener)?;
-                serve(listener, watched, config, async move {
+                serve_with(listener, watched, config, metrics, async move {
                     let _ = stop.wait_for(|stop| *stop).await;
                 })
                 .await
@@ -243,19 +247,31 @@ pub async fn serve(
     config: GatewayConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve_with(listener, watched, config, Arc::new(Metrics::default()), shutdown).await
+}
+
+/// [`serve`] counting into `metrics` (shared by the threads of [`serve_per_thread`]).
+async fn serve_with(
+    listener: TcpListener,
+    watched: Arc<Watched>,
+    config: GatewayConfig,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client =
         Client::builder(TokioExecutor::new()).pool_max_idle_per_host(POOL_IDLE_PER_HOST).build(connector);
-    let shared =
-        Arc::new(Shared { watched, config, client, metrics: Metrics::default(), picks: AtomicU64::new(0) });
+    let shared = Arc::new(Shared { watched, config, client, metrics, picks: AtomicU64::new(0) });
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(error) => {
+                    // Out of descriptors or similar: do not spin.
                     tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
                     continue;
                 }
             },

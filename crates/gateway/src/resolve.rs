@@ -61,6 +61,15 @@ fn uid_text<'a>(
     }
 }
 
+/// Whether `path` is under `prefix` at a segment boundary: `/pay` matches
+/// `/pay` and `/pay/x`, not `/payments`.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'),
+        None => false,
+    }
+}
+
 /// Resolves a request against `view` for a gateway in `city`; `pick` spreads
 /// requests over a unit's instances (any counter will do).
 pub fn resolve<'a>(
@@ -71,7 +80,7 @@ pub fn resolve<'a>(
     headers: &HeaderMap,
     pick: u64,
 ) -> Result<Target<'a>, Refusal> {
-    let route = view.routes.iter().find(|r| path.starts_with(&r.path_prefix)).ok_or_else(|| {
+    let route = view.routes.iter().find(|r| prefix_matches(&r.path_prefix, path)).ok_or_else(|| {
         refuse(StatusCode::NOT_FOUND, None, None, format!("no route matches path {path:?}"))
     })?;
     let name = Some(route.name.as_str());
@@ -292,6 +301,10 @@ mod tests {
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
         let r = go(&view, "/nowhere", None, &[]).unwrap_err();
         assert_eq!(r.status, StatusCode::NOT_FOUND);
+        // Prefixes match whole segments: /pay is not /payments.
+        let r = go(&view, "/payments", None, &[("x-uid", "1")]).unwrap_err();
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        assert_eq!(go(&view, "/pay/now", None, &[("x-uid", "1")]).unwrap().route, "header");
         let mut empty = view;
         empty.instances.clear();
         let r = go(&empty, "/pay", None, &[("x-uid", "1")]).unwrap_err();

@@ -236,8 +236,16 @@ impl StoreNode {
         // A leader that went silent is given up once a successor is known, as
         // etcd does: the outcome is unknown ("leader changed"), but the client
         // learns it now instead of at its deadline and can retry elsewhere.
+        // Leadership moved before sending: nothing was sent, look again.
+        if self.raft.metrics().borrow().current_leader != Some(leader_id) {
+            return Err(Status::unavailable(NOT_LEADER));
+        }
         let answer = tokio::select! {
-            answer = client.propose(request) => answer,
+            biased;
+            answer = tokio::time::timeout_at(deadline, client.propose(request)) => match answer {
+                Ok(answer) => answer,
+                Err(_) => return Err(Status::unavailable(REQUEST_TIMED_OUT)),
+            },
             _ = self.successor_of(leader_id) => {
                 tracing::debug!(leader = %leader, "the leader was replaced while a forwarded write was in flight");
                 return Err(Status::unavailable(LEADER_CHANGED));
@@ -355,7 +363,11 @@ impl StoreNode {
         // A read index is safe to ask again: a leader that stopped answering
         // is given up as soon as another is elected.
         let answer = tokio::select! {
-            answer = client.read_index(request) => answer,
+            biased;
+            answer = tokio::time::timeout_at(deadline, client.read_index(request)) => match answer {
+                Ok(answer) => answer,
+                Err(_) => return Err(Status::unavailable(REQUEST_TIMED_OUT)),
+            },
             _ = self.successor_of(leader_id) => return Err(Status::unavailable(NOT_LEADER)),
         };
         match answer {
@@ -470,10 +482,18 @@ impl StoreNode {
                 here().await
             } else {
                 let url = leader.peer_urls.first().ok_or_else(|| Status::unavailable(NO_LEADER))?;
-                let call = remote(self.peer(url).await?, deadline);
+                // The server enforces the deadline it is sent; a paused peer
+                // never answers, so it is enforced here too.
+                let call = async {
+                    match tokio::time::timeout_at(deadline, remote(self.peer(url).await?, deadline)).await {
+                        Ok(answer) => answer,
+                        Err(_) => Err(Status::unavailable(REQUEST_TIMED_OUT)),
+                    }
+                };
                 let answer = if matches!(retry, Retry::Idempotent) {
                     // Safe to repeat: give a silent leader up once a successor is known.
                     tokio::select! {
+                        biased;
                         answer = call => answer,
                         _ = self.successor_of(leader_id) => Err(Status::unavailable(NOT_LEADER)),
                     }
