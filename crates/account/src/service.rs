@@ -86,9 +86,10 @@ impl Shared {
     }
 
     async fn deposit(&self, uid: u64, amount: i64, routed_epoch: Option<u64>) -> Response<Full<Bytes>> {
-        // Routed under a newer epoch than ours: the unit moved back here; look again.
+        // Routed under another epoch than ours: the unit moved (back here,
+        // perhaps); look again.
         let ours = self.fence.read().await.epoch();
-        if routed_epoch.is_some_and(|epoch| epoch > ours) {
+        if routed_epoch.is_some_and(|epoch| epoch != ours) {
             let mut client = self.client.clone();
             if let Ok(fresh) = Fence::acquire(&mut client, &self.config.unit).await {
                 *self.fence.write().await = fresh;

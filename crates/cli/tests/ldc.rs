@@ -102,6 +102,13 @@ async fn topology_failover_failback_and_bad_input() {
         assert_eq!(placements(&mut client).await, before, "bad commands changed nothing");
         assert_eq!(router::read_topology(&mut client).await.unwrap().1, topology_before);
 
+        // A controller that no longer holds the leadership lease cannot move units.
+        let stale =
+            etcd_client::Compare::lease(router::controller::LEADER_KEY, etcd_client::CompareOp::Equal, 4242);
+        let refused = router::failover_city_fenced(&mut client, "hangzhou", Some(stale)).await;
+        assert!(matches!(refused, Err(router::RouterError::Conflict)), "{refused:?}");
+        assert_eq!(placements(&mut client).await, before, "a fenced-off failover changed nothing");
+
         // One unit to its standby, then a city, then everything home.
         let (ok, out, err) = fivefold(&endpoints, &["failover", "unit", "rz-hz-a"]).await;
         assert!(ok, "{err}");
@@ -123,6 +130,15 @@ async fn topology_failover_failback_and_bad_input() {
             let moves = if ["rz-hz-a", "rz-hz-b", "gz"].contains(&unit.as_str()) { 2 } else { 0 };
             assert_eq!(*epoch, 1 + moves, "{unit}: one epoch per move");
         }
+
+        // A unit dropped from the topology and added back continues from its epoch.
+        let mut without = topology::UnitTopology::default_deployment();
+        without.units.retain(|u| u.name != "cz-shenzhen");
+        let published = router::publish(&mut client, &without).await.unwrap();
+        assert_eq!(published.removed, ["cz-shenzhen"]);
+        let epoch_before = placements(&mut client).await["cz-shenzhen"].1;
+        router::publish(&mut client, &topology::UnitTopology::default_deployment()).await.unwrap();
+        assert_eq!(placements(&mut client).await["cz-shenzhen"].1, epoch_before, "no epoch starts over");
 
         // Re-publishing keeps where units are and their epochs.
         fivefold(&endpoints, &["failover", "unit", "rz-sh-a"]).await;

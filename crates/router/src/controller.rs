@@ -16,7 +16,7 @@ use std::time::Duration;
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use tokio::time::Instant;
 
-use crate::failover::{failover_city, Move};
+use crate::failover::{failover_city_fenced, Move};
 use crate::publish::read_topology_with;
 use crate::record::read_all_with;
 use crate::RouterError;
@@ -66,8 +66,13 @@ pub enum ControllerEvent {
     },
 }
 
-/// Tries to lead; `Some(lease)` when this controller now holds [`LEADER_KEY`].
-async fn campaign(client: &mut Client, config: &ControllerConfig) -> Result<Option<i64>, RouterError> {
+/// Tries to lead; `Some((lease, granted))` when this controller now holds
+/// [`LEADER_KEY`] under `lease`, which the store granted no earlier than `granted`.
+async fn campaign(
+    client: &mut Client,
+    config: &ControllerConfig,
+) -> Result<Option<(i64, Instant)>, RouterError> {
+    let granted = Instant::now();
     let lease = client.lease_grant(config.lease_ttl, None).await?.id();
     let txn =
         Txn::new().when([Compare::create_revision(LEADER_KEY, CompareOp::Equal, 0)]).and_then([TxnOp::put(
@@ -76,7 +81,7 @@ async fn campaign(client: &mut Client, config: &ControllerConfig) -> Result<Opti
             Some(PutOptions::new().with_lease(lease)),
         )]);
     if client.txn(txn).await?.succeeded() {
-        return Ok(Some(lease));
+        return Ok(Some((lease, granted)));
     }
     let _ = client.lease_revoke(lease).await;
     Ok(None)
@@ -134,6 +139,8 @@ async fn renew(
     if keep.is_none() {
         *keep = tokio::time::timeout(timeout, client.lease_keep_alive(lease)).await.ok()?.ok();
     }
+    // (The caller takes the time before this call: the lease runs from the
+    // moment the renewal was sent, not from when its answer arrived.)
     let (keeper, responses) = keep.as_mut()?;
     let answer = tokio::time::timeout(timeout, async {
         keeper.keep_alive().await?;
@@ -153,6 +160,7 @@ async fn renew(
 async fn step(
     client: &mut Client,
     config: &ControllerConfig,
+    lease: i64,
     probes: &mut BTreeMap<String, Client>,
     last_seen: &mut BTreeMap<String, Instant>,
     failed_over: &mut BTreeSet<String>,
@@ -184,7 +192,9 @@ async fn step(
         let records = read_all_with(client, true).await?;
         let serving = records.values().any(|r| city_of.get(&r.routing.current_dc) == Some(city));
         if serving {
-            let moves = failover_city(client, city).await?;
+            // Only while this controller still holds the leadership lease.
+            let fence = Compare::lease(LEADER_KEY, CompareOp::Equal, lease);
+            let moves = failover_city_fenced(client, city, Some(fence)).await?;
             report(ControllerEvent::FailedOver { city: city.clone(), down_for, moves });
         }
         failed_over.insert(city.clone());
@@ -198,29 +208,33 @@ async fn step(
 async fn lead(
     client: &mut Client,
     config: &ControllerConfig,
-    lease: i64,
+    (lease, granted): (i64, Instant),
     report: &mut impl FnMut(ControllerEvent),
 ) -> Result<(), RouterError> {
+    // Leadership ends a third of the TTL before the lease could expire.
     let ttl = Duration::from_secs(config.lease_ttl as u64);
+    let safe = ttl - ttl / 3;
     let mut keep = None;
-    let mut last_keep = Instant::now();
+    let mut last_keep = granted;
     let mut probes = BTreeMap::new();
     let mut last_seen: BTreeMap<String, Instant> = BTreeMap::new();
     let mut failed_over: BTreeSet<String> = BTreeSet::new();
     report(ControllerEvent::Leading);
     loop {
         if last_keep.elapsed() >= ttl / 3 {
+            let sent = Instant::now();
             match renew(client, &mut keep, lease, config.probe_timeout * 2).await {
-                Some(true) => last_keep = Instant::now(),
+                Some(true) => last_keep = sent,
                 Some(false) => return Ok(()),
                 None => {}
             }
         }
-        if last_keep.elapsed() >= ttl {
+        if last_keep.elapsed() >= safe {
             tracing::warn!("failover controller: could not renew the leadership lease; campaigning again");
             return Ok(());
         }
-        if let Err(error) = step(client, config, &mut probes, &mut last_seen, &mut failed_over, report).await
+        if let Err(error) =
+            step(client, config, lease, &mut probes, &mut last_seen, &mut failed_over, report).await
         {
             tracing::warn!(%error, "failover controller: round failed; retrying");
         }
@@ -237,12 +251,16 @@ pub async fn run_controller(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    // The lease this controller leads under, if it does (0: none).
+    let held = std::sync::atomic::AtomicI64::new(0);
     loop {
         let round = async {
             match campaign(&mut client, &config).await? {
-                Some(lease) => {
-                    let led = lead(&mut client, &config, lease, &mut report).await;
+                Some((lease, granted)) => {
+                    held.store(lease, std::sync::atomic::Ordering::SeqCst);
+                    let led = lead(&mut client, &config, (lease, granted), &mut report).await;
                     let _ = client.lease_revoke(lease).await;
+                    held.store(0, std::sync::atomic::Ordering::SeqCst);
                     led
                 }
                 None => {
@@ -258,7 +276,14 @@ pub async fn run_controller(
                     tokio::time::sleep(config.probe_interval).await;
                 }
             }
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => {
+                // Hand the leadership over now rather than after the TTL.
+                let lease = held.load(std::sync::atomic::Ordering::SeqCst);
+                if lease != 0 {
+                    let _ = client.lease_revoke(lease).await;
+                }
+                return;
+            }
         }
     }
 }

@@ -36,12 +36,17 @@ fn record<'a>(records: &'a BTreeMap<String, Stored>, unit: &str) -> Result<&'a S
 }
 
 /// Applies `moves` (record, target dc) in one Txn; a record that changed since
-/// it was read fails the whole command with [`RouterError::Conflict`].
-async fn apply(client: &mut Client, moves: Vec<(&Stored, String)>) -> Result<Vec<Move>, RouterError> {
+/// it was read — or a `fence` that no longer holds — fails the whole command
+/// with [`RouterError::Conflict`].
+async fn apply(
+    client: &mut Client,
+    moves: Vec<(&Stored, String)>,
+    fence: Option<Compare>,
+) -> Result<Vec<Move>, RouterError> {
     if moves.is_empty() {
         return Ok(Vec::new());
     }
-    let mut compares = Vec::new();
+    let mut compares: Vec<Compare> = fence.into_iter().collect();
     let mut ops = Vec::new();
     let mut done = Vec::new();
     for (stored, to) in moves {
@@ -97,13 +102,24 @@ pub async fn failover_unit(
     if stored.routing.current_dc == target {
         return Ok(Vec::new());
     }
-    apply(client, vec![(stored, target)]).await
+    apply(client, vec![(stored, target)], None).await
 }
 
 /// Moves every unit served from a dc of `city` to whichever of its home and
 /// standby dcs is outside the city. Units with neither (a CZone of that city)
 /// stay: they are that city's local copy.
 pub async fn failover_city(client: &mut Client, city: &str) -> Result<Vec<Move>, RouterError> {
+    failover_city_fenced(client, city, None).await
+}
+
+/// [`failover_city`] whose Txn also requires `fence` (the failover controller
+/// passes "I still hold the leadership lease", so a deposed controller that
+/// stalled cannot move units after someone else acted).
+pub async fn failover_city_fenced(
+    client: &mut Client,
+    city: &str,
+    fence: Option<Compare>,
+) -> Result<Vec<Move>, RouterError> {
     let (table, records) = load(client).await?;
     if !table.topology().cities.iter().any(|c| c.name == city) {
         let known: Vec<&str> = table.topology().cities.iter().map(|c| c.name.as_str()).collect();
@@ -123,7 +139,7 @@ pub async fn failover_city(client: &mut Client, city: &str) -> Result<Vec<Move>,
             moves.push((stored, dc.clone()));
         }
     }
-    apply(client, moves).await
+    apply(client, moves, fence).await
 }
 
 /// Moves `unit` (or every unit) back to its home dc.
@@ -141,5 +157,5 @@ pub async fn failback(client: &mut Client, unit: Option<&str>) -> Result<Vec<Mov
             moves.push((stored, spec.home_dc.clone()));
         }
     }
-    apply(client, moves).await
+    apply(client, moves, None).await
 }

@@ -28,7 +28,7 @@ pub mod fence;
 pub mod publish;
 pub mod record;
 
-pub use failover::{failback, failover_city, failover_unit, Move};
+pub use failover::{failback, failover_city, failover_city_fenced, failover_unit, Move};
 pub use fence::{Fence, FencedWrite};
 pub use publish::{publish, read_topology, Published};
 pub use record::{routing_key, UnitRouting, ROUTING_PREFIX};

@@ -18,7 +18,7 @@ pub struct Published {
     pub created: Vec<String>,
     /// Units whose record was kept (current dc and epoch unchanged).
     pub kept: Vec<String>,
-    /// Units no longer in the topology, whose record was deleted.
+    /// Units no longer in the topology (their records stay, with their epochs).
     pub removed: Vec<String>,
 }
 
@@ -41,7 +41,7 @@ pub async fn read_topology_with(
 /// Validates `topology` and publishes it with its units' routing records: new
 /// units start at home with epoch 1; existing units keep their current dc and
 /// epoch (their home and standby follow the new topology); units that are gone
-/// lose their record. One Txn that also checks nothing changed since it read, so
+/// keep their record, so a unit that comes back continues from its epoch. One Txn that also checks nothing changed since it read, so
 /// a concurrent publish or failover makes it fail with [`RouterError::Conflict`]
 /// instead of undoing the other's work.
 pub async fn publish(client: &mut Client, topology: &UnitTopology) -> Result<Published, RouterError> {
@@ -85,12 +85,12 @@ pub async fn publish(client: &mut Client, topology: &UnitTopology) -> Result<Pub
             }
         }
     }
+    // Units no longer in the topology keep their record (unrouted, since the
+    // gateway routes by the topology): if one comes back it continues from its
+    // epoch, so an epoch never starts over and old fences stay invalid.
     let names: BTreeSet<&str> = topology.units.iter().map(|u| u.name.as_str()).collect();
-    for (unit, stored) in &existing {
+    for unit in existing.keys() {
         if !names.contains(unit.as_str()) {
-            let key = routing_key(unit);
-            compares.push(Compare::mod_revision(key.as_str(), CompareOp::Equal, stored.mod_revision));
-            ops.push(TxnOp::delete(key.as_str(), None));
             removed.push(unit.clone());
         }
     }
