@@ -83,10 +83,17 @@ impl State {
     }
 }
 
+/// The instance a record holds, if it is one: a key of the registry whose JSON
+/// parses and names the same service and id as the key (the key is what a
+/// delete names, so a record disagreeing with its key is refused).
 fn parse(key: &str, value: &[u8]) -> Option<Instance> {
-    parse_key(key)?;
+    let (service, id) = parse_key(key)?;
     match Instance::from_json(key, value) {
-        Ok(instance) => Some(instance),
+        Ok(instance) if instance.service == service && instance.id == id => Some(instance),
+        Ok(instance) => {
+            tracing::warn!(%key, service = %instance.service, id = %instance.id, "skipping a record that disagrees with its key");
+            None
+        }
         Err(error) => {
             tracing::warn!(%error, "skipping a malformed registry record");
             None
@@ -215,38 +222,39 @@ async fn follow(
             }
         }
         let mut current = state.write().unwrap_or_else(|p| p.into_inner());
+        // After a reset, changes the new snapshot already contains are skipped.
+        let mut floor = 0i64;
         for change in pending {
             match change {
-                Ok(client::Change::Reset(snapshot)) => reset(&mut current, &snapshot, &changes),
-                Ok(client::Change::Put { key, entry }) => {
-                    let Some(instance) = parse(&key, &entry.value) else { continue };
-                    let service = instance.service.clone();
-                    current
-                        .instances
-                        .entry(service.clone())
-                        .or_default()
-                        .insert(instance.id.clone(), instance.clone());
+                Ok(client::Change::Reset(snapshot)) => {
+                    reset(&mut current, &snapshot, &changes);
+                    floor = snapshot.revision;
+                }
+                Ok(client::Change::Put { key, entry }) if entry.mod_revision > floor => {
                     current.revision = current.revision.max(entry.mod_revision);
-                    let delta = Delta::Upsert { revision: entry.mod_revision, instance };
-                    let _ = changes.send(Arc::new(Change::new(Some(service), delta)));
-                }
-                Ok(client::Change::Delete { key, revision: at }) => {
-                    let Some((service, id)) = parse_key(&key) else { continue };
-                    let (service, id) = (service.to_string(), id.to_string());
-                    if let Some(instances) = current.instances.get_mut(&service) {
-                        instances.remove(&id);
-                        if instances.is_empty() {
-                            current.instances.remove(&service);
+                    match parse(&key, &entry.value) {
+                        Some(instance) => {
+                            let service = instance.service.clone();
+                            let by_id = current.instances.entry(service.clone()).or_default();
+                            by_id.insert(instance.id.clone(), instance.clone());
+                            let delta = Delta::Upsert { revision: entry.mod_revision, instance };
+                            let _ = changes.send(Arc::new(Change::new(Some(service), delta)));
                         }
+                        // An unreadable record replacing a good one: that
+                        // instance is gone for routing purposes.
+                        None => remove(&mut current, &key, entry.mod_revision, &changes),
                     }
-                    current.revision = current.revision.max(at);
-                    let delta = Delta::Remove { revision: at, service: service.clone(), id };
-                    let _ = changes.send(Arc::new(Change::new(Some(service), delta)));
                 }
+                Ok(client::Change::Delete { key, revision: at }) if at > floor => {
+                    current.revision = current.revision.max(at);
+                    remove(&mut current, &key, at, &changes);
+                }
+                Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     // This task fell behind the mirror: take its state whole.
                     let snapshot = mirror.snapshot();
                     reset(&mut current, &snapshot, &changes);
+                    floor = snapshot.revision;
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             }
@@ -260,6 +268,20 @@ async fn follow(
             moved
         });
     }
+}
+
+/// Removes the instance `key` names, telling subscribers if it was there.
+fn remove(state: &mut State, key: &str, revision: i64, changes: &broadcast::Sender<Arc<Change>>) {
+    let Some((service, id)) = parse_key(key) else { return };
+    let Some(instances) = state.instances.get_mut(service) else { return };
+    if instances.remove(id).is_none() {
+        return;
+    }
+    if instances.is_empty() {
+        state.instances.remove(service);
+    }
+    let delta = Delta::Remove { revision, service: service.to_string(), id: id.to_string() };
+    let _ = changes.send(Arc::new(Change::new(Some(service.to_string()), delta)));
 }
 
 fn reset(state: &mut State, snapshot: &Snapshot, changes: &broadcast::Sender<Arc<Change>>) {

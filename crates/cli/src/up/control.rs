@@ -254,11 +254,14 @@ async fn heal(state: &Shared, reply: &mut Reply) -> anyhow::Result<()> {
             lasted.as_secs_f64()
         ))
         .await;
+    let prefix = cut.probe.prefix.clone();
     let attempts = cut.probe.stop().await;
     let acked: BTreeSet<String> = attempts.iter().filter_map(|a| a.acked.clone()).collect();
-    let missing = probe::audit(&urls, &acked).await?;
-    let worst = missing.iter().copied().max().unwrap_or(0);
+    let audited = probe::audit(&urls, &prefix, &acked).await;
+    // The probe's keys go whatever the audit found.
     probe::clean(&urls).await;
+    let missing = audited?;
+    let worst = missing.iter().copied().max().unwrap_or(0);
     if worst > 0 {
         let by_member: Vec<String> = topology::DEFAULT_MEMBERS
             .iter()

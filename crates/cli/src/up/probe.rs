@@ -40,6 +40,9 @@ pub struct Attempt {
 }
 
 pub struct Probe {
+    /// This probe's own key prefix (one per cut), so keys left by an earlier
+    /// cut can never stand in for this one's writes.
+    pub prefix: String,
     stop: Arc<AtomicBool>,
     attempts: Arc<Mutex<Vec<Attempt>>>,
     tasks: Vec<JoinHandle<()>>,
@@ -57,14 +60,18 @@ pub fn channel(url: &str) -> anyhow::Result<Channel> {
 impl Probe {
     /// Starts one writer per member URL.
     pub fn start(urls: &[String]) -> anyhow::Result<Probe> {
+        let nonce =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let prefix = format!("{PROBE_PREFIX}{nonce}/");
         let stop = Arc::new(AtomicBool::new(false));
         let attempts = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for (member, url) in urls.iter().enumerate() {
             let client = KvClient::new(channel(url)?);
-            tasks.push(tokio::spawn(write_loop(member, client, stop.clone(), attempts.clone())));
+            let keys = format!("{prefix}{member}/");
+            tasks.push(tokio::spawn(write_loop(member, keys, client, stop.clone(), attempts.clone())));
         }
-        Ok(Probe { stop, attempts, tasks })
+        Ok(Probe { prefix, stop, attempts, tasks })
     }
 
     /// The first write acknowledged through one of `members` that began at or
@@ -91,6 +98,7 @@ impl Probe {
 
 async fn write_loop(
     member: usize,
+    keys: String,
     mut client: KvClient<Channel>,
     stop: Arc<AtomicBool>,
     attempts: Arc<Mutex<Vec<Attempt>>>,
@@ -98,7 +106,7 @@ async fn write_loop(
     let mut sequence = 0u64;
     while !stop.load(Ordering::SeqCst) {
         sequence += 1;
-        let key = format!("{PROBE_PREFIX}{member}/{sequence:08}");
+        let key = format!("{keys}{sequence:08}");
         let request =
             PutRequest { key: key.clone().into_bytes(), value: b"probe".to_vec(), ..Default::default() };
         let began = Instant::now();
@@ -110,26 +118,34 @@ async fn write_loop(
     }
 }
 
-/// The probe keys member `url` holds, read linearizably (waits, bounded, until
-/// the member answers).
-async fn present_keys(url: &str) -> anyhow::Result<BTreeSet<String>> {
+/// Keys read per page of the audit (a long cut leaves many).
+const AUDIT_PAGE: i64 = 10_000;
+
+/// The keys under `prefix` member `url` holds, read linearizably page by page
+/// (waits, bounded, until the member answers).
+async fn present_keys(url: &str, prefix: &str) -> anyhow::Result<BTreeSet<String>> {
     let mut client = KvClient::new(channel(url)?);
     let deadline = Instant::now() + AUDIT_TIMEOUT;
+    let mut present = BTreeSet::new();
+    let mut from = prefix.as_bytes().to_vec();
     loop {
         let range = RangeRequest {
-            key: PROBE_PREFIX.as_bytes().to_vec(),
-            range_end: prefix_end(PROBE_PREFIX),
+            key: from.clone(),
+            range_end: prefix_end(prefix),
             keys_only: true,
+            limit: AUDIT_PAGE,
             ..Default::default()
         };
         match client.range(range).await {
             Ok(reply) => {
-                return Ok(reply
-                    .into_inner()
-                    .kvs
-                    .iter()
-                    .map(|kv| String::from_utf8_lossy(&kv.key).to_string())
-                    .collect())
+                let reply = reply.into_inner();
+                let Some(last) = reply.kvs.last().map(|kv| kv.key.clone()) else { return Ok(present) };
+                present.extend(reply.kvs.iter().map(|kv| String::from_utf8_lossy(&kv.key).to_string()));
+                if !reply.more {
+                    return Ok(present);
+                }
+                from = last;
+                from.push(0);
             }
             Err(status) if Instant::now() >= deadline => {
                 anyhow::bail!(
@@ -143,10 +159,10 @@ async fn present_keys(url: &str) -> anyhow::Result<BTreeSet<String>> {
 }
 
 /// For each member URL, how many of the `acked` keys it lacks.
-pub async fn audit(urls: &[String], acked: &BTreeSet<String>) -> anyhow::Result<Vec<usize>> {
+pub async fn audit(urls: &[String], prefix: &str, acked: &BTreeSet<String>) -> anyhow::Result<Vec<usize>> {
     let mut missing = Vec::new();
     for url in urls {
-        let present = present_keys(url).await?;
+        let present = present_keys(url, prefix).await?;
         missing.push(acked.iter().filter(|key| !present.contains(*key)).count());
     }
     Ok(missing)
