@@ -395,17 +395,40 @@ impl HttpApi {
                 format!("no instance {id:?} of service {service:?} is registered"),
             ));
         };
-        let revision = match kv.lease() {
-            // Not leased (written by hand): delete the record itself.
-            0 => store(client.delete(key.as_str(), None)).await?.header().map_or(0, |h| h.revision()),
-            lease => match tokio::time::timeout(STORE_TIMEOUT, client.lease_revoke(lease)).await {
-                Ok(Ok(revoked)) => revoked.header().map_or(0, |h| h.revision()),
-                // It expired between the read and the revoke: gone all the same.
-                Ok(Err(error)) if lease_not_found(&error) => self.catalog.revision(),
-                Ok(Err(error)) => return Err(ApiError::store(error)),
-                Err(_) => return Err(ApiError::store_timeout()),
-            },
-        };
+        // Delete exactly the record read (a re-registration meanwhile is not
+        // undone), then drop its lease if nothing else lives under it.
+        let (lease, mod_revision) = (kv.lease(), kv.mod_revision());
+        let txn = client::etcd_client::Txn::new()
+            .when([client::etcd_client::Compare::mod_revision(
+                key.as_str(),
+                client::etcd_client::CompareOp::Equal,
+                mod_revision,
+            )])
+            .and_then([client::etcd_client::TxnOp::delete(key.as_str(), None)]);
+        let deleted = store(client.txn(txn)).await?;
+        if !deleted.succeeded() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("instance {id:?} of service {service:?} was registered again meanwhile; nothing was removed"),
+            ));
+        }
+        let revision = deleted.header().map_or(0, |h| h.revision());
+        if lease != 0 {
+            let options = client::etcd_client::LeaseTimeToLiveOptions::new().with_keys();
+            let still_used = match store(client.lease_time_to_live(lease, Some(options))).await {
+                Ok(answer) => !answer.keys().is_empty(),
+                Err(_) => true,
+            };
+            if !still_used {
+                match tokio::time::timeout(STORE_TIMEOUT, client.lease_revoke(lease)).await {
+                    Ok(Ok(_)) => {}
+                    // Expired meanwhile: gone all the same.
+                    Ok(Err(error)) if lease_not_found(&error) => {}
+                    Ok(Err(error)) => return Err(ApiError::store(error)),
+                    Err(_) => return Err(ApiError::store_timeout()),
+                }
+            }
+        }
         self.metrics.deregistered();
         tracing::info!(%key, "deregistered");
         Ok(json_response(StatusCode::OK, &json!({ "deregistered": key, "revision": revision })))
