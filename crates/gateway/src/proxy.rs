@@ -24,6 +24,8 @@ use crate::state::Watched;
 
 /// Deadline of an upstream's response head.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to send a request head (slowloris bound).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after a failed accept.
 const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Idle upstream connections kept per instance.
@@ -281,7 +283,9 @@ async fn serve_with(
         let shared = shared.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| handle(shared.clone(), request));
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // A client that never finishes its request head is dropped.
+            builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
             if let Err(error) = builder.serve_connection(TokioIo::new(stream), service).await {
                 tracing::debug!(%error, "connection ended with an error");
             }
