@@ -39,15 +39,8 @@ STORE=127.0.0.1:23790 PEER=127.0.0.1:23800 BACKEND=127.0.0.1:23810 NGINX_AT=127.
     --listen-peer-urls "http://$PEER" --initial-cluster "m1=http://$PEER" 2>"$tmp/store.log" &
 pids+=($!)
 for _ in $(seq 100); do "$BIN" topology apply --default --endpoints "$STORE" >/dev/null 2>&1 && break; sleep 0.1; done
-cat >"$tmp/routes.toml" <<'TOML'
-[[routes]]
-name = "whoami"
-path_prefix = "/whoami"
-service = "account"
-zone = "rzone"
-uid = { header = "x-uid" }
-TOML
-"$BIN" gateway routes "$tmp/routes.toml" --endpoints "$STORE" >/dev/null
+# The default routes: /whoami routes by the x-uid header.
+"$BIN" gateway routes --default --endpoints "$STORE" >/dev/null
 "$BIN" sample account --unit rz-hz-a --dc hz-a --city hangzhou --listen "$BACKEND" --endpoints "$STORE" >"$tmp/account.log" 2>&1 &
 pids+=($!)
 "$BIN" gateway serve --listen "$GATEWAY" --dc hz-a --endpoints "$STORE" >"$tmp/gateway.log" 2>&1 &

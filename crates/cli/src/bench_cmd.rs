@@ -32,7 +32,7 @@ pub enum Consistency {
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// put | range | txn-put | watch-latency | mixed
+    /// put | range | txn-put | watch-latency | mixed | http | registry-push | wan-latency
     #[arg(value_enum)]
     pub workload: WorkloadArg,
     /// Client endpoints, comma-separated (host:port or http://host:port).
@@ -96,40 +96,50 @@ pub struct BenchArgs {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if let WorkloadArg::WanLatency = args.workload {
-        let wan =
-            crate::bench_wan::WanLatencyArgs { samples: args.samples, rounds: args.rounds, etcd: args.etcd };
-        return crate::bench_wan::run(wan).await;
-    }
-    if let WorkloadArg::RegistryPush = args.workload {
-        let config = bench::registry::PushConfig {
-            registry: args.registry.clone(),
-            service: "bench-push".to_string(),
-            subscribers: args.subscribers,
-            changes: args.changes,
-            time_limit: args.time_limit,
-        };
-        let report = bench::registry::run_push(&config).await.context("benchmark failed")?;
-        return print_report(&report, args.json);
-    }
-    if let WorkloadArg::Http = args.workload {
-        let mut headers = Vec::new();
-        for header in &args.headers {
-            let (name, value) = header
-                .split_once(':')
-                .with_context(|| format!("--header {header:?} is not `name: value`"))?;
-            headers.push((name.trim().to_string(), value.trim().to_string()));
+    let etcd_workload = match args.workload {
+        WorkloadArg::Put => bench::Workload::Put,
+        WorkloadArg::Range => bench::Workload::Range,
+        WorkloadArg::TxnPut => bench::Workload::TxnPut,
+        WorkloadArg::WatchLatency => bench::Workload::WatchLatency,
+        WorkloadArg::Mixed => bench::Workload::Mixed,
+        WorkloadArg::WanLatency => {
+            let wan = crate::bench_wan::WanLatencyArgs {
+                samples: args.samples,
+                rounds: args.rounds,
+                etcd: args.etcd,
+            };
+            return crate::bench_wan::run(wan).await;
         }
-        let config = bench::http::HttpBenchConfig {
-            url: args.url.clone(),
-            headers,
-            conns: args.conns,
-            total: args.total,
-            time_limit: args.time_limit,
-        };
-        let report = bench::http::run_http(&config).await.context("benchmark failed")?;
-        return print_report(&report, args.json);
-    }
+        WorkloadArg::RegistryPush => {
+            let config = bench::registry::PushConfig {
+                registry: args.registry.clone(),
+                service: "bench-push".to_string(),
+                subscribers: args.subscribers,
+                changes: args.changes,
+                time_limit: args.time_limit,
+            };
+            let report = bench::registry::run_push(&config).await.context("benchmark failed")?;
+            return print_report(&report, args.json);
+        }
+        WorkloadArg::Http => {
+            let mut headers = Vec::new();
+            for header in &args.headers {
+                let (name, value) = header
+                    .split_once(':')
+                    .with_context(|| format!("--header {header:?} is not `name: value`"))?;
+                headers.push((name.trim().to_string(), value.trim().to_string()));
+            }
+            let config = bench::http::HttpBenchConfig {
+                url: args.url.clone(),
+                headers,
+                conns: args.conns,
+                total: args.total,
+                time_limit: args.time_limit,
+            };
+            let report = bench::http::run_http(&config).await.context("benchmark failed")?;
+            return print_report(&report, args.json);
+        }
+    };
     let endpoints = args
         .endpoints
         .split(',')
@@ -151,17 +161,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         watchers: args.watchers,
         put_rate: args.put_rate,
     };
-    let workload = match args.workload {
-        WorkloadArg::Put => bench::Workload::Put,
-        WorkloadArg::Range => bench::Workload::Range,
-        WorkloadArg::TxnPut => bench::Workload::TxnPut,
-        WorkloadArg::WatchLatency => bench::Workload::WatchLatency,
-        WorkloadArg::Mixed => bench::Workload::Mixed,
-        WorkloadArg::Http | WorkloadArg::RegistryPush | WorkloadArg::WanLatency => {
-            unreachable!("handled above")
-        }
-    };
-    let report = bench::run(workload, &config).await.context("benchmark failed")?;
+    let report = bench::run(etcd_workload, &config).await.context("benchmark failed")?;
     print_report(&report, args.json)
 }
 

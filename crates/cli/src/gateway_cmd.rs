@@ -14,9 +14,14 @@ use crate::ldc_cmd::Endpoints;
 pub enum GatewayCommand {
     /// Serve: route each request by user id to its unit's current dc.
     Serve(ServeArgs),
-    /// Validate and publish a routes.toml (replaces every published route).
+    /// Validate and publish a routes.toml, or the sample service's routes with
+    /// --default (replaces every published route).
     Routes {
-        file: PathBuf,
+        /// The file; omit with --default.
+        file: Option<PathBuf>,
+        /// Publish the default routes (gateway::DEFAULT_ROUTES_TOML).
+        #[arg(long, conflicts_with = "file")]
+        default: bool,
         #[command(flatten)]
         endpoints: Endpoints,
     },
@@ -70,11 +75,17 @@ pub struct AccountArgs {
 
 pub async fn run_gateway(command: GatewayCommand) -> anyhow::Result<()> {
     match command {
-        GatewayCommand::Routes { file, endpoints } => {
-            let text =
-                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-            let routes = gateway::RoutesFile::from_toml(&text)
-                .with_context(|| format!("{} is not a valid routes file", file.display()))?;
+        GatewayCommand::Routes { file, default, endpoints } => {
+            let routes = match (file, default) {
+                (Some(file), false) => {
+                    let text = std::fs::read_to_string(&file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    gateway::RoutesFile::from_toml(&text)
+                        .with_context(|| format!("{} is not a valid routes file", file.display()))?
+                }
+                (None, true) => gateway::RoutesFile::from_toml(gateway::DEFAULT_ROUTES_TOML)?,
+                _ => anyhow::bail!("name a routes.toml, or pass --default"),
+            };
             let mut client = endpoints.connect().await?;
             let revision = gateway::publish_routes(&mut client, &routes).await?;
             println!("published {} routes at revision {revision}", routes.routes.len());

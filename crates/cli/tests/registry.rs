@@ -68,22 +68,29 @@ struct RegistryServer {
     _child: Child,
 }
 
-async fn start_registry(endpoints: &str) -> RegistryServer {
+/// Starts `fivefold ARGS` and returns it with the first line it printed.
+async fn spawn_printing(args: &[&str], what: &str) -> (Child, BufReader<ChildStdout>, String) {
     let mut child = Command::new(bin())
-        .args(["registry", "serve", "--listen", "127.0.0.1:0", "--endpoints", endpoints])
+        .args(args)
         .env("FIVEFOLD_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .expect("fivefold registry serve starts");
+        .unwrap_or_else(|e| panic!("{what} starts: {e}"));
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     tokio::time::timeout(Duration::from_secs(20), stdout.read_line(&mut line))
         .await
-        .expect("the registry prints its address within 20 s")
+        .unwrap_or_else(|_| panic!("{what} prints within 20 s"))
         .unwrap();
+    (child, stdout, line)
+}
+
+async fn start_registry(endpoints: &str) -> RegistryServer {
+    let args = ["registry", "serve", "--listen", "127.0.0.1:0", "--endpoints", endpoints];
+    let (child, stdout, line) = spawn_printing(&args, "fivefold registry serve").await;
     let address = line
         .trim()
         .strip_prefix("registry listening on ")
@@ -100,23 +107,30 @@ struct Registered {
 }
 
 async fn start_register(endpoints: &str, id: &str, ttl: u32) -> Registered {
-    let mut child = Command::new(bin())
-        .args(["registry", "register", "--service", "account", "--id", id, "--address", "127.0.0.1:9000"])
-        .args(["--unit", "rz-hz-a", "--dc", "hz-a", "--city", "hangzhou", "--version", "2.0.0"])
-        .args(["--ttl", &ttl.to_string(), "--endpoints", endpoints])
-        .env("FIVEFOLD_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("fivefold registry register starts");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    tokio::time::timeout(Duration::from_secs(20), stdout.read_line(&mut line))
-        .await
-        .expect("register prints within 20 s")
-        .unwrap();
+    let ttl = ttl.to_string();
+    let args = [
+        "registry",
+        "register",
+        "--service",
+        "account",
+        "--id",
+        id,
+        "--address",
+        "127.0.0.1:9000",
+        "--unit",
+        "rz-hz-a",
+        "--dc",
+        "hz-a",
+        "--city",
+        "hangzhou",
+        "--version",
+        "2.0.0",
+        "--ttl",
+        &ttl,
+        "--endpoints",
+        endpoints,
+    ];
+    let (child, stdout, line) = spawn_printing(&args, "fivefold registry register").await;
     // "registered <key> (lease <id>)"
     let rest = line.trim().strip_prefix("registered ").unwrap_or_else(|| panic!("unexpected line {line:?}"));
     let (key, lease) = rest.split_once(" (lease ").unwrap_or_else(|| panic!("unexpected line {line:?}"));

@@ -185,44 +185,17 @@ pub async fn publish_routes(client: &mut Client, file: &RoutesFile) -> Result<i6
 mod tests {
     use super::*;
 
-    const ROUTES: &str = r#"
-[[routes]]
-name = "accounts"
-path_prefix = "/accounts"
-service = "account"
-zone = "rzone"
-uid = { path_segment = 1 }
-
-[[routes]]
-name = "by-header"
-path_prefix = "/pay"
-service = "account"
-zone = "rzone"
-uid = { header = "x-uid" }
-
-[[routes]]
-name = "rates"
-path_prefix = "/rates"
-service = "account"
-zone = "czone"
-"#;
-
-    #[test]
-    fn the_default_routes_are_valid() {
-        let file = RoutesFile::from_toml(DEFAULT_ROUTES_TOML).unwrap();
-        assert_eq!(
-            file.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
-            ["accounts", "whoami", "config", "rates"]
-        );
-    }
+    const ROUTES: &str = DEFAULT_ROUTES_TOML;
 
     #[test]
     fn a_routes_file_parses_and_validates() {
         let file = RoutesFile::from_toml(ROUTES).unwrap();
-        assert_eq!(file.routes.len(), 3);
+        let names: Vec<&str> = file.routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["accounts", "whoami", "config", "rates"]);
         assert_eq!(file.routes[0].uid, Some(UidSource::PathSegment(1)));
         assert_eq!(file.routes[1].uid, Some(UidSource::Header("x-uid".into())));
-        assert_eq!(file.routes[2].zone, UnitKind::Czone);
+        assert_eq!(file.routes[2].zone, UnitKind::Gzone);
+        assert_eq!(file.routes[3].zone, UnitKind::Czone);
     }
 
     #[test]
@@ -230,11 +203,12 @@ zone = "czone"
         for (text, expected) in [
             (ROUTES.replace("uid = { path_segment = 1 }\n", ""), "needs `uid`"),
             (ROUTES.replace("\"/accounts\"", "\"accounts\""), "must start with '/'"),
-            (ROUTES.replace("\"/pay\"", "\"/accounts\""), "two routes have path_prefix"),
-            (ROUTES.replace("\"by-header\"", "\"accounts\""), "listed twice"),
+            (ROUTES.replace("\"/whoami\"", "\"/accounts\""), "two routes have path_prefix"),
+            (ROUTES.replace("name = \"whoami\"", "name = \"accounts\""), "listed twice"),
             (ROUTES.replace("zone = \"czone\"", "zone = \"moon\""), "unknown variant"),
             (ROUTES.replace("path_segment = 1", "cookie = \"\""), "needs a name"),
         ] {
+            assert_ne!(text, ROUTES, "the mutation for {expected:?} applies");
             let error = RoutesFile::from_toml(&text).unwrap_err().to_string();
             assert!(error.contains(expected), "{error:?} should contain {expected:?}");
         }

@@ -10,7 +10,6 @@ use client::etcd_client::Client;
 use client::Mirror;
 use registry::{Catalog, Health, Instance};
 use router::{UnitRouting, ROUTING_PREFIX};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use topology::{RoutingTable, UnitTopology, TOPOLOGY_KEY};
 
@@ -93,7 +92,6 @@ fn build(sources: &Sources, previous: &View) -> View {
 /// The live view; see the module docs. Dropping it stops the watches.
 pub struct Watched {
     view: Arc<RwLock<Arc<View>>>,
-    generation: watch::Receiver<u64>,
     task: JoinHandle<()>,
 }
 
@@ -119,36 +117,21 @@ impl Watched {
             catalog: Catalog::start(client).await?,
         };
         let view = Arc::new(RwLock::new(Arc::new(build(&sources, &View::default()))));
-        let (generation_tx, generation) = watch::channel(0u64);
-        let task = tokio::spawn(rebuild(sources, view.clone(), generation_tx));
-        Ok(Watched { view, generation, task })
+        let task = tokio::spawn(rebuild(sources, view.clone()));
+        Ok(Watched { view, task })
     }
 
     /// The view now.
     pub fn view(&self) -> Arc<View> {
         self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
-
-    /// Waits until `check` holds for the view (rebuilt on every change).
-    pub async fn wait_for(&self, check: impl Fn(&View) -> bool) {
-        let mut generation = self.generation.clone();
-        loop {
-            if check(&self.view()) {
-                return;
-            }
-            if generation.changed().await.is_err() {
-                return;
-            }
-        }
-    }
 }
 
-async fn rebuild(sources: Sources, view: Arc<RwLock<Arc<View>>>, generation: watch::Sender<u64>) {
+async fn rebuild(sources: Sources, view: Arc<RwLock<Arc<View>>>) {
     let mut topology = sources.topology.revisions();
     let mut units = sources.units.revisions();
     let mut routes = sources.routes.revisions();
     let mut catalog = sources.catalog.revisions();
-    let mut count = 0u64;
     loop {
         let changed = tokio::select! {
             r = topology.changed() => r,
@@ -162,7 +145,5 @@ async fn rebuild(sources: Sources, view: Arc<RwLock<Arc<View>>>, generation: wat
         let previous = view.read().unwrap_or_else(|p| p.into_inner()).clone();
         let next = Arc::new(build(&sources, &previous));
         *view.write().unwrap_or_else(|p| p.into_inner()) = next;
-        count += 1;
-        generation.send_replace(count);
     }
 }

@@ -104,7 +104,7 @@ pub(crate) fn parse_key(key: &str) -> Option<(&str, &str)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample() -> Instance {

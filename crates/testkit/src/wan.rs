@@ -365,7 +365,6 @@ impl Wan {
     /// the machine cannot do it. Whatever was built is removed again on failure.
     pub async fn start(bin: &Path, options: WanOptions) -> anyhow::Result<Wan> {
         options.validate()?;
-        anyhow::ensure!(bin.is_file(), "binary under test {} does not exist", bin.display());
         let ip = supported()?;
         netns::remove_stale(&ip);
         let prefix =

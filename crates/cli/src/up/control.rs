@@ -11,8 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use etcd_proto::etcdserverpb::StatusRequest;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
@@ -27,8 +25,6 @@ const PROBE_BEFORE_CUT: Duration = Duration::from_secs(1);
 /// Bound on waiting for writes to resume after a cut.
 const RECOVERY_MAX: Duration = Duration::from_secs(30);
 const RECOVERY_POLL: Duration = Duration::from_millis(10);
-/// Deadline of one Status call of `chaos status`.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest command line accepted.
 const COMMAND_BYTES_MAX: usize = 256;
 /// Bound on a client's whole exchange with `up` (a cut waits for recovery).
@@ -108,12 +104,8 @@ async fn status(state: &Shared, reply: &mut Reply) -> anyhow::Result<()> {
         .line(&format!("  {:<6} {:<10} {:<9} {:>9}  client URL", "member", "city", "role", "revision"))
         .await;
     for (spec, url) in topology::DEFAULT_MEMBERS.iter().zip(&urls) {
-        let answer = async {
-            let mut client = MaintenanceClient::new(probe::channel(url)?);
-            anyhow::Ok(client.status(StatusRequest {}).await?.into_inner())
-        };
-        let text = match tokio::time::timeout(STATUS_TIMEOUT, answer).await {
-            Ok(Ok(status)) => {
+        let text = match probe::status(url).await {
+            Some(status) => {
                 let header = status.header.unwrap_or_default();
                 let role = match status.leader {
                     0 => "no leader",
@@ -122,7 +114,7 @@ async fn status(state: &Shared, reply: &mut Reply) -> anyhow::Result<()> {
                 };
                 format!("{role:<9} {:>9}", header.revision)
             }
-            _ => format!("{:<9} {:>9}", "no answer", "-"),
+            None => format!("{:<9} {:>9}", "no answer", "-"),
         };
         let url = url.trim_start_matches("http://");
         reply.line(&format!("  {:<6} {:<10} {text}  {url}", spec.name, spec.city)).await;
@@ -144,19 +136,10 @@ async fn status(state: &Shared, reply: &mut Reply) -> anyhow::Result<()> {
 
 /// The name and city of the member that says it leads, asked of each in turn.
 async fn leader_name(urls: &[String]) -> Option<(&'static str, &'static str)> {
-    for url in urls {
-        let answer = async {
-            let mut client = MaintenanceClient::new(probe::channel(url)?);
-            anyhow::Ok(client.status(StatusRequest {}).await?.into_inner())
-        };
-        if let Ok(Ok(status)) = tokio::time::timeout(STATUS_TIMEOUT, answer).await {
-            let leader = status.leader;
-            let header = status.header.unwrap_or_default();
-            if leader != 0 && leader == header.member_id {
-                let index = urls.iter().position(|u| u == url)?;
-                let spec = &topology::DEFAULT_MEMBERS[index];
-                return Some((spec.name, spec.city));
-            }
+    for (spec, url) in topology::DEFAULT_MEMBERS.iter().zip(urls) {
+        let Some(status) = probe::status(url).await else { continue };
+        if status.leader != 0 && status.leader == status.header.unwrap_or_default().member_id {
+            return Some((spec.name, spec.city));
         }
     }
     None

@@ -108,7 +108,7 @@ impl Deployment {
         let dcs: Vec<(&str, &str)> = topology::DEFAULT_MEMBERS.iter().map(|m| (m.name, m.city)).collect();
         let options = WanOptions::default()
             .dcs(&dcs)
-            .intra_city(Duration::from_micros(500 * u64::from(wan_round_trip_ms("hangzhou", "hangzhou"))))
+            .intra_city(one_way("hangzhou", "hangzhou"))
             .delay("hangzhou", "shanghai", one_way("hangzhou", "shanghai"))
             .delay("hangzhou", "shenzhen", one_way("hangzhou", "shenzhen"))
             .delay("shanghai", "shenzhen", one_way("shanghai", "shenzhen"))

@@ -19,8 +19,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use etcd_proto::etcdserverpb::StatusRequest;
 use tokio::time::Instant;
 
 pub use control::send as send_control;
@@ -52,8 +50,7 @@ pub struct UpArgs {
 }
 
 async fn leader_of(url: &str) -> Option<u64> {
-    let mut client = MaintenanceClient::new(probe::channel(url).ok()?);
-    let status = client.status(StatusRequest {}).await.ok()?.into_inner();
+    let status = probe::status(url).await?;
     (status.leader != 0).then_some(status.leader)
 }
 

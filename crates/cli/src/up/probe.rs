@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use etcd_proto::etcdserverpb::kv_client::KvClient;
+use etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use etcd_proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest};
+use etcd_proto::etcdserverpb::{StatusRequest, StatusResponse};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
@@ -46,6 +48,12 @@ pub struct Probe {
     stop: Arc<AtomicBool>,
     attempts: Arc<Mutex<Vec<Attempt>>>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// One Status call to the member at `url`, bounded by the probe's deadline.
+pub async fn status(url: &str) -> Option<StatusResponse> {
+    let mut client = MaintenanceClient::new(channel(url).ok()?);
+    client.status(StatusRequest {}).await.ok().map(|reply| reply.into_inner())
 }
 
 /// A lazily connecting channel with the probe's deadlines.

@@ -28,21 +28,15 @@ enum Line<'a> {
 }
 
 /// `delta` as one line of newline-delimited JSON, and its kind.
-pub(crate) fn encode(delta: &Delta) -> (Push, Vec<u8>) {
-    let (push, line) = match delta {
-        Delta::Snapshot { revision, instances } => {
-            (Push::Snapshot, Line::Snapshot { revision: *revision, instances })
-        }
-        Delta::Upsert { revision, instance } => {
-            (Push::Upsert, Line::Upsert { revision: *revision, instance })
-        }
-        Delta::Remove { revision, service, id } => {
-            (Push::Remove, Line::Remove { revision: *revision, service, id })
-        }
+pub(crate) fn encode(delta: &Delta) -> Vec<u8> {
+    let line = match delta {
+        Delta::Snapshot { revision, instances } => Line::Snapshot { revision: *revision, instances },
+        Delta::Upsert { revision, instance } => Line::Upsert { revision: *revision, instance },
+        Delta::Remove { revision, service, id } => Line::Remove { revision: *revision, service, id },
     };
     let mut bytes = serde_json::to_vec(&line).expect("a delta serializes");
     bytes.push(b'\n');
-    (push, bytes)
+    bytes
 }
 
 fn push_kind(delta: &Delta) -> Push {
@@ -107,7 +101,7 @@ impl Body for WatchBody {
             match result {
                 Ok(change) => {
                     // Encoded once for every subscriber that gets this change.
-                    let line = change.json_line(|delta| encode(delta).1);
+                    let line = change.json_line(encode);
                     this.metrics.pushed(push_kind(&change.delta));
                     buffer.extend_from_slice(&line);
                     this.pull = Some(pull(subscription));
@@ -175,25 +169,10 @@ impl Body for ApiBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Health;
-
-    fn sample() -> Instance {
-        Instance {
-            service: "account".into(),
-            id: "hz-a-1".into(),
-            address: "127.0.0.1:8080".into(),
-            unit: "rz-hz-a".into(),
-            dc: "hz-a".into(),
-            city: "hangzhou".into(),
-            version: String::new(),
-            weight: 100,
-            metadata: Default::default(),
-            health: Health::Up,
-        }
-    }
+    use crate::instance::tests::sample;
 
     fn line(delta: Delta) -> (Push, serde_json::Value) {
-        let (push, bytes) = encode(&delta);
+        let (push, bytes) = (push_kind(&delta), encode(&delta));
         assert_eq!(bytes.last(), Some(&b'\n'), "a line ends with a newline");
         assert!(!bytes[..bytes.len() - 1].contains(&b'\n'), "a line is one line");
         (push, serde_json::from_slice(&bytes).unwrap())
