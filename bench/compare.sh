@@ -6,6 +6,7 @@
 #
 #   bench/compare.sh                 # 3 members, 3 rounds, the default workloads
 #   MEMBERS=1 ROUNDS=5 bench/compare.sh
+#   ONLY=put-1x1,txn-put-100x10 bench/compare.sh   # some workloads only
 #
 # Needs: etcd (apt-get install etcd-server; installed here if missing and root),
 # a release build of fivefold (built here if missing).
@@ -18,7 +19,17 @@ WORK=$(mktemp -d /tmp/fivefold-compare.XXXXXX)
 PIDS=()
 
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # start() runs in a command substitution, so its members are in the pid files.
+    local pids pid
+    pids=("${PIDS[@]}" $(cat "$WORK"/*.pids 2>/dev/null))
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for _ in $(seq 50); do
+        alive=0
+        # Zombies count as gone: nothing may reap members whose parent exited.
+        for pid in "${pids[@]}"; do grep -qs '^State:[[:space:]]*[^Z]' "/proc/$pid/status" && alive=1; done
+        [ $alive = 0 ] && break
+        sleep 0.1
+    done
     wait 2>/dev/null || true
     rm -rf "$WORK"
 }
@@ -71,7 +82,9 @@ start() {
         fi
         sleep 0.1
     done
-    echo "$system did not start; see $WORK/$system-*.log" >&2; exit 1
+    echo "$system did not start; the end of its logs:" >&2
+    tail -n 5 "$WORK/$system"-*.log >&2
+    exit 1
 }
 
 peak_rss_mib() {
@@ -89,6 +102,7 @@ FIVE=$(start fivefold 42379)
 RESULTS="$WORK/results.tsv"
 for entry in "${WORKLOADS[@]}"; do
     name=${entry%%|*}; args=${entry#*|}
+    if [ -n "${ONLY:-}" ] && [[ ",$ONLY," != *",$name,"* ]]; then continue; fi
     for ((round = 1; round <= ROUNDS; round++)); do
         for system in fivefold etcd; do
             endpoints=$FIVE; [ "$system" = etcd ] && endpoints=$ETCD

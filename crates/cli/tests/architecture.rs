@@ -12,7 +12,8 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         ("topology", set(&[])),
         ("etcd-proto", set(&[])),
         ("mvcc", set(&["etcd-proto"])),
-        ("store", set(&["etcd-proto", "mvcc", "topology"])),
+        ("wal", set(&[])),
+        ("store", set(&["etcd-proto", "mvcc", "topology", "wal"])),
         ("bench", set(&["etcd-proto"])),
         // Platform crates reach the store only through the etcd v3 API (etcd-client),
         // never through store internals.

@@ -3,7 +3,8 @@
 //!
 //! Owns the gRPC services clients see (`etcdserverpb.KV`, `Maintenance`,
 //! `Cluster`) and the one members use among themselves (`fivefoldpb.Peer`), the
-//! Raft log (its own redb file, fsynced per append), the state machine glue and
+//! Raft log (segment files from the `wal` crate, one fdatasync per group of
+//! appends), the state machine glue and
 //! snapshots, the peer transport, the write path (propose, forwarded from a
 //! follower to the leader) and the linearizable read path (ReadIndex).
 //!
@@ -14,6 +15,7 @@
 //! Modules: `config` (flags, checked), `identity` (member and cluster ids,
 //! kept in the data dir), `membership` (Cluster API changes on openraft),
 //! `election` (pre-vote, then openraft's election), `leadership` (MoveLeader), `compactor` (automatic compaction), `faults` (test-only fault injection), `types` (Raft type config), `log_store`,
+//! `log_migrate` (moves a log kept in redb by earlier versions),
 //! `state_machine`, `network` (peer client), `peer_service`, `node` (request
 //! paths), `kv_service`, `maintenance_service`, `cluster_service`, `placement`
 //! (key → Raft group), `grpc_status` (status codes aligned with grpc-go),
@@ -30,6 +32,7 @@ pub mod kv_service;
 pub mod leadership;
 pub mod lease_service;
 pub mod lessor;
+pub mod log_migrate;
 pub mod log_store;
 pub mod maintenance_service;
 pub mod membership;

@@ -1,140 +1,80 @@
-//! The Raft log: the durable record of every write. Entries, the vote and the
-//! committed id live in their own redb file, and an append is reported to
-//! openraft as flushed only once it is committed with an fsync.
+//! The Raft log: the durable record of every write, kept in the `wal` crate's
+//! segment files (directory `raft-log/`). Entries are bincode-encoded openraft
+//! entries; beside them live the vote (replaced durably), the purge point
+//! (replaced durably before any segment is deleted) and the committed id
+//! (replaced lazily: it only saves a restarted member some waiting).
 //!
-//! Group commit: appends go to one writer thread, which takes every append
-//! waiting for it into one engine transaction and one fsync, then reports each
-//! as flushed. Until then the entries stay readable from memory (`pending`),
-//! because openraft replicates them to followers while they are written here.
+//! Group commit: appends go to one writer thread, which writes every append
+//! waiting for it with one `pwrite` and one `fdatasync`, then reports each to
+//! openraft as flushed. Until then the entries stay readable from memory
+//! (`pending`), because openraft replicates them to followers while they are
+//! written here. Truncate and purge go through the same thread, in order.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, RaftLogReader};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use wal::{meta, Wal, WalOptions, WalReader};
 
-use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
-const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
-const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
-const KEY_VOTE: &str = "vote";
-const KEY_COMMITTED: &str = "committed";
-const KEY_LAST_PURGED: &str = "last_purged";
+const VOTE_FILE: &str = "vote";
+const COMMITTED_FILE: &str = "committed";
+const PURGED_FILE: &str = "purged";
 
-/// The log's page cache: replication reads recent entries, which are small
-/// and mostly still in `pending` or the OS page cache.
-const LOG_CACHE_BYTES: usize = 16 * 1024 * 1024;
-
-/// Appends one writer transaction may take, at most.
+/// Appends one group commit may take, at most.
 const GROUP_COMMIT_APPENDS_MAX: usize = 1024;
+
+/// How often, at most, the writer replaces the committed-id file.
+const COMMITTED_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+
+type Done = SyncSender<Result<(), String>>;
 
 /// Work for the writer thread, in the order openraft asked for it.
 enum Write {
     Append(Vec<Entry>, LogFlushed<TypeConfig>),
-    /// Waits until everything sent before it is durable.
-    Barrier(std::sync::mpsc::SyncSender<()>),
+    /// Removes every entry from this index on.
+    Truncate(u64, Done),
+    /// Records the purge point durably, then drops what it covers.
+    Purge(LogId, Done),
 }
 
-/// The log store. Cloned handles share the database, the writer and the
+/// The log store. Cloned handles share the reader, the writer and the
 /// entries not yet durable.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
-    writer: std::sync::mpsc::Sender<Write>,
-    /// Appended but not yet committed: index → entry.
-    pending: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Entry>>>,
+    dir: PathBuf,
+    reader: WalReader,
+    writer: Sender<Write>,
+    /// Appended but not yet durable: index → entry.
+    pending: Arc<Mutex<BTreeMap<u64, Entry>>>,
+    /// The purge point, as last recorded.
+    purged: Arc<Mutex<Option<LogId>>>,
+    /// The committed id openraft last reported; the writer persists it.
+    committed: Arc<Mutex<Option<LogId>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("the raft log writer stopped")]
 struct WriterGone;
 
-/// The writer thread: one transaction and one fsync for every append waiting.
-/// Runs until every `LogStore` handle is dropped.
-fn write_loop(
-    db: &Database,
-    pending: &std::sync::Mutex<std::collections::BTreeMap<u64, Entry>>,
-    queue: &std::sync::mpsc::Receiver<Write>,
-) {
-    while let Ok(first) = queue.recv() {
-        let mut appends = Vec::new();
-        let mut barriers = Vec::new();
-        let mut next = Some(first);
-        while let Some(write) = next.take() {
-            match write {
-                Write::Append(entries, callback) => appends.push((entries, callback)),
-                Write::Barrier(done) => barriers.push(done),
-            }
-            if appends.len() < GROUP_COMMIT_APPENDS_MAX {
-                next = queue.try_recv().ok();
-            }
-        }
-        let result = commit_appends(db, &appends);
-        if result.is_ok() {
-            let mut pending = pending.lock().expect("pending log lock");
-            for (entries, _) in &appends {
-                for entry in entries {
-                    // A later truncate may have replaced this index: drop only what was written.
-                    if pending.get(&entry.log_id.index).is_some_and(|e| e.log_id == entry.log_id) {
-                        pending.remove(&entry.log_id.index);
-                    }
-                }
-            }
-        }
-        for (_, callback) in appends {
-            let outcome = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(std::io::Error::other(e.to_string())),
-            };
-            callback.log_io_completed(outcome);
-        }
-        if let Err(e) = result {
-            tracing::error!(error = %e, "raft log append failed; stopping the log writer");
-            return;
-        }
-        for done in barriers {
-            let _ = done.send(());
-        }
-    }
-}
-
-fn commit_appends(
-    db: &Database,
-    appends: &[(Vec<Entry>, LogFlushed<TypeConfig>)],
-) -> Result<(), StorageError> {
-    if appends.is_empty() {
-        return Ok(());
-    }
-    let txn = db.begin_write().map_err(write_err)?;
-    {
-        let mut table = txn.open_table(ENTRIES).map_err(write_err)?;
-        for (entries, _) in appends {
-            for entry in entries {
-                table.insert(entry.log_id.index, encode(entry)?.as_slice()).map_err(write_err)?;
-            }
-        }
-    }
-    txn.commit().map_err(write_err)
-}
-
-fn io_error(
-    subject: ErrorSubject<NodeId>,
-    verb: ErrorVerb,
-    e: impl std::error::Error + 'static,
-) -> StorageError {
+fn io_error(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
     StorageError::from_io_error(subject, verb, std::io::Error::other(e.to_string()))
 }
 
-fn read_err(e: impl std::error::Error + 'static) -> StorageError {
+fn read_err(e: impl std::fmt::Display) -> StorageError {
     io_error(ErrorSubject::Logs, ErrorVerb::Read, e)
 }
 
-fn write_err(e: impl std::error::Error + 'static) -> StorageError {
+fn write_err(e: impl std::fmt::Display) -> StorageError {
     io_error(ErrorSubject::Logs, ErrorVerb::Write, e)
 }
 
@@ -146,62 +86,225 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
     bincode::deserialize(bytes).map_err(read_err)
 }
 
-/// Runs blocking engine IO without stalling the other tasks of this worker.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().expect("raft log lock")
+}
+
+/// Runs blocking IO without stalling the other tasks of this worker.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
+fn read_meta<T: DeserializeOwned>(dir: &Path, name: &str) -> Result<Option<T>, StorageError> {
+    meta::read(&dir.join(name)).map_err(read_err)?.map(|bytes| decode(&bytes)).transpose()
+}
+
+fn write_meta<T: Serialize>(dir: &Path, name: &str, value: &T, durable: bool) -> Result<(), StorageError> {
+    meta::write(&dir.join(name), &encode(value)?, durable).map_err(write_err)
+}
+
+/// The writer thread's state.
+struct Writer {
+    dir: PathBuf,
+    wal: Wal,
+    pending: Arc<Mutex<BTreeMap<u64, Entry>>>,
+    purged: Arc<Mutex<Option<LogId>>>,
+    committed: Arc<Mutex<Option<LogId>>>,
+    committed_written: Option<LogId>,
+    committed_written_at: Instant,
+    buf: Vec<Vec<u8>>,
+}
+
+impl Writer {
+    /// Runs until every `LogStore` handle is dropped, or the disk fails.
+    fn run(mut self, queue: &Receiver<Write>) {
+        loop {
+            let first = match queue.recv_timeout(COMMITTED_PERSIST_INTERVAL) {
+                Ok(write) => write,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.persist_committed(true);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            if let Err(e) = self.serve(first, queue) {
+                tracing::error!(error = %e, "raft log write failed; stopping the log writer");
+                return;
+            }
+            self.persist_committed(false);
+        }
+        self.persist_committed(true);
+    }
+
+    /// Serves `first` and, when it is an append, every append queued behind
+    /// it (one write, one sync), then what stopped the group.
+    fn serve(&mut self, first: Write, queue: &Receiver<Write>) -> Result<(), StorageError> {
+        let mut appends = Vec::new();
+        let mut next = Some(first);
+        while let Some(write) = next.take() {
+            match write {
+                Write::Append(entries, callback) => {
+                    appends.push((entries, callback));
+                    if appends.len() < GROUP_COMMIT_APPENDS_MAX {
+                        next = queue.try_recv().ok();
+                    }
+                }
+                other => {
+                    self.commit(std::mem::take(&mut appends))?;
+                    self.serve_other(other)?;
+                }
+            }
+        }
+        self.commit(appends)
+    }
+
+    fn commit(&mut self, appends: Vec<(Vec<Entry>, LogFlushed<TypeConfig>)>) -> Result<(), StorageError> {
+        if appends.is_empty() {
+            return Ok(());
+        }
+        let outcome = self.write_and_sync(&appends);
+        if outcome.is_ok() {
+            let mut pending = lock(&self.pending);
+            for entry in appends.iter().flat_map(|(entries, _)| entries) {
+                // A later truncate may have replaced this index: drop only what was written.
+                if pending.get(&entry.log_id.index).is_some_and(|e| e.log_id == entry.log_id) {
+                    pending.remove(&entry.log_id.index);
+                }
+            }
+        }
+        for (_, callback) in appends {
+            let reported = outcome.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
+            callback.log_io_completed(reported);
+        }
+        outcome
+    }
+
+    fn write_and_sync(
+        &mut self,
+        appends: &[(Vec<Entry>, LogFlushed<TypeConfig>)],
+    ) -> Result<(), StorageError> {
+        self.buf.clear();
+        let mut indexes = Vec::new();
+        for entry in appends.iter().flat_map(|(entries, _)| entries) {
+            self.buf.push(encode(entry)?);
+            indexes.push(entry.log_id.index);
+        }
+        let records = indexes.iter().copied().zip(self.buf.iter().map(Vec::as_slice));
+        self.wal.append(records).map_err(write_err)?;
+        self.wal.sync().map_err(write_err)
+    }
+
+    fn serve_other(&mut self, write: Write) -> Result<(), StorageError> {
+        let (outcome, done) = match write {
+            Write::Append(..) => unreachable!("appends are grouped by the caller"),
+            Write::Truncate(index, done) => {
+                let outcome = self.wal.truncate_from(index).map_err(write_err);
+                if outcome.is_ok() {
+                    lock(&self.pending).retain(|i, _| *i < index);
+                }
+                (outcome, done)
+            }
+            Write::Purge(log_id, done) => {
+                let outcome = write_meta(&self.dir, PURGED_FILE, &log_id, true)
+                    .and_then(|()| self.wal.purge_to(log_id.index).map_err(write_err));
+                if outcome.is_ok() {
+                    *lock(&self.purged) = Some(log_id);
+                }
+                (outcome, done)
+            }
+        };
+        let _ = done.send(outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        outcome
+    }
+
+    /// Replaces the committed-id file when it changed, at most once per
+    /// `COMMITTED_PERSIST_INTERVAL` unless `now`. Failing is harmless (the
+    /// id is an optimisation), so it is logged, not returned.
+    fn persist_committed(&mut self, now: bool) {
+        let committed = *lock(&self.committed);
+        if committed == self.committed_written
+            || (!now && self.committed_written_at.elapsed() < COMMITTED_PERSIST_INTERVAL)
+        {
+            return;
+        }
+        match write_meta(&self.dir, COMMITTED_FILE, &committed, false) {
+            Ok(()) => {
+                self.committed_written = committed;
+                self.committed_written_at = Instant::now();
+            }
+            Err(e) => tracing::warn!(error = %e, "could not record the committed log id"),
+        }
+    }
+}
+
 impl LogStore {
-    pub fn open(path: &Path) -> Result<LogStore, StorageError> {
-        let db = Database::builder().set_cache_size(LOG_CACHE_BYTES).create(path).map_err(write_err)?;
-        let txn = db.begin_write().map_err(write_err)?;
-        txn.open_table(ENTRIES).map_err(write_err)?;
-        txn.open_table(STATE).map_err(write_err)?;
-        txn.commit().map_err(write_err)?;
-        let db = Arc::new(db);
-        let pending = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
-        let (writer, queue) = std::sync::mpsc::channel();
-        let (thread_db, thread_pending) = (db.clone(), pending.clone());
+    /// Opens the log in `dir` (created if missing), checking every record.
+    pub fn open(dir: &Path) -> Result<LogStore, StorageError> {
+        let (mut wal, recovered) = Wal::open(dir, WalOptions::default()).map_err(read_err)?;
+        let purged: Option<LogId> = read_meta(dir, PURGED_FILE)?;
+        if let Some(purged) = purged {
+            wal.purge_to(purged.index).map_err(write_err)?;
+        }
+        // Only an optimisation: a damaged file (it is replaced without fsync) is ignored.
+        let committed: Option<LogId> =
+            read_meta::<Option<LogId>>(dir, COMMITTED_FILE).ok().flatten().flatten();
+        tracing::info!(
+            dir = %dir.display(), segments = recovered.segments, first = ?recovered.first_index,
+            last = ?recovered.last_index, torn_bytes = recovered.torn_bytes, ?purged, "raft log opened"
+        );
+        let store = LogStore {
+            dir: dir.to_path_buf(),
+            reader: wal.reader(),
+            writer: mpsc::channel().0,
+            pending: Arc::default(),
+            purged: Arc::new(Mutex::new(purged)),
+            committed: Arc::new(Mutex::new(committed)),
+        };
+        let (writer, queue) = mpsc::channel();
+        let thread = Writer {
+            dir: dir.to_path_buf(),
+            wal,
+            pending: store.pending.clone(),
+            purged: store.purged.clone(),
+            committed: store.committed.clone(),
+            committed_written: committed,
+            committed_written_at: Instant::now(),
+            buf: Vec::new(),
+        };
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || write_loop(&thread_db, &thread_pending, &queue))
+            .spawn(move || thread.run(&queue))
             .map_err(write_err)?;
-        Ok(LogStore { db, writer, pending })
+        Ok(LogStore { writer, ..store })
     }
 
-    /// Waits until every append handed to the writer so far is durable.
-    fn flush(&self) -> Result<(), StorageError> {
-        let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
-        self.writer.send(Write::Barrier(done_tx)).map_err(|_| write_err(WriterGone))?;
-        done_rx.recv().map_err(|_| write_err(WriterGone))
+    /// Sends `make(done)` to the writer and waits for its answer.
+    fn ask(&self, make: impl FnOnce(Done) -> Write) -> Result<(), StorageError> {
+        let (done, answer) = mpsc::sync_channel(1);
+        self.writer.send(make(done)).map_err(|_| write_err(WriterGone))?;
+        answer.recv().map_err(|_| write_err(WriterGone))?.map_err(write_err)
     }
 
-    fn get_state<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
-        let txn = self.db.begin_read().map_err(read_err)?;
-        let table = txn.open_table(STATE).map_err(read_err)?;
-        let value = table.get(key).map_err(read_err)?;
-        value.map(|v| decode(v.value())).transpose()
+    fn last_durable_id(&self) -> Result<Option<LogId>, StorageError> {
+        let Some((_, last)) = self.reader.bounds() else { return Ok(None) };
+        let bytes = self.reader.get(last).map_err(read_err)?;
+        Ok(Some(decode::<Entry>(&bytes)?.log_id))
     }
+}
 
-    fn put_state<T: Serialize>(&self, key: &str, value: &T, durable: bool) -> Result<(), StorageError> {
-        let bytes = encode(value)?;
-        let mut txn = self.db.begin_write().map_err(write_err)?;
-        if !durable {
-            txn.set_durability(Durability::None).map_err(write_err)?;
-        }
-        txn.open_table(STATE).map_err(write_err)?.insert(key, bytes.as_slice()).map_err(write_err)?;
-        txn.commit().map_err(write_err)
-    }
-
-    fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
-        let txn = self.db.begin_read().map_err(read_err)?;
-        let table = txn.open_table(ENTRIES).map_err(read_err)?;
-        let last = table.last().map_err(read_err)?;
-        match last {
-            None => Ok(None),
-            Some((_, v)) => Ok(Some(decode::<Entry>(v.value())?.log_id)),
-        }
-    }
+/// `[from, to)` of a range of indexes.
+fn half_open(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let from = match range.start_bound() {
+        Bound::Included(i) => *i,
+        Bound::Excluded(i) => i.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let to = match range.end_bound() {
+        Bound::Included(i) => i.saturating_add(1),
+        Bound::Excluded(i) => *i,
+        Bound::Unbounded => u64::MAX,
+    };
+    (from, to)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -209,29 +312,25 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        blocking(|| {
-            let bounds: (Bound<u64>, Bound<u64>) = (range.start_bound().cloned(), range.end_bound().cloned());
-            // Pending first: an entry leaves `pending` only after it is in the
-            // engine, so reading in this order never misses one.
-            let pending: Vec<Entry> = self
-                .pending
-                .lock()
-                .expect("pending log lock")
-                .range(bounds)
-                .map(|(_, e)| e.clone())
-                .collect();
-            let txn = self.db.begin_read().map_err(read_err)?;
-            let table = txn.open_table(ENTRIES).map_err(read_err)?;
-            let mut out: std::collections::BTreeMap<u64, Entry> = std::collections::BTreeMap::new();
-            for row in table.range(bounds).map_err(read_err)? {
-                let (k, v) = row.map_err(read_err)?;
-                out.insert(k.value(), decode::<Entry>(v.value())?);
+        let (from, to) = half_open(&range);
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        // Pending first: an entry leaves `pending` only after it is readable
+        // from the log, so reading in this order never misses one.
+        let pending: Vec<Entry> = lock(&self.pending).range(from..to).map(|(_, e)| e.clone()).collect();
+        let first_pending = pending.first().map_or(to, |e| e.log_id.index);
+        let mut out = Vec::new();
+        if from < first_pending {
+            let records = blocking(|| self.reader.read(from, first_pending)).map_err(read_err)?;
+            for (index, bytes) in records {
+                let entry: Entry = decode(&bytes)?;
+                assert_eq!(entry.log_id.index, index, "a log record holds the entry of its index");
+                out.push(entry);
             }
-            for entry in pending {
-                out.insert(entry.log_id.index, entry);
-            }
-            Ok(out.into_values().collect())
-        })
+        }
+        out.extend(pending);
+        Ok(out)
     }
 }
 
@@ -239,13 +338,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        blocking(|| {
-            let last_purged: Option<LogId> = self.get_state(KEY_LAST_PURGED)?;
-            let last_pending =
-                self.pending.lock().expect("pending log lock").values().next_back().map(|e| e.log_id);
-            let last = last_pending.or(self.last_entry_id()?).or(last_purged);
-            Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
-        })
+        let last_purged = *lock(&self.purged);
+        let last_pending = lock(&self.pending).values().next_back().map(|e| e.log_id);
+        let last = match last_pending {
+            Some(id) => Some(id),
+            None => blocking(|| self.last_durable_id())?,
+        };
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -253,21 +352,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        blocking(|| self.put_state(KEY_VOTE, vote, true))
+        blocking(|| write_meta(&self.dir, VOTE_FILE, vote, true))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        blocking(|| self.get_state(KEY_VOTE))
+        blocking(|| read_meta(&self.dir, VOTE_FILE))
     }
 
-    /// The committed id need not be durable: it only lets a restarted member
-    /// apply committed entries before it hears from a leader.
+    /// Kept in memory; the writer replaces the file at most once a second.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        blocking(|| self.put_state(KEY_COMMITTED, &committed, false))
+        *lock(&self.committed) = committed;
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        blocking(|| Ok(self.get_state::<Option<LogId>>(KEY_COMMITTED)?.flatten()))
+        Ok(*lock(&self.committed))
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
@@ -277,7 +376,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         {
-            let mut pending = self.pending.lock().expect("pending log lock");
+            let mut pending = lock(&self.pending);
             for entry in &entries {
                 let index = entry.log_id.index;
                 if let Some((last, _)) = pending.iter().next_back() {
@@ -291,30 +390,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "truncating the log");
-        blocking(|| {
-            self.flush()?;
-            self.pending.lock().expect("pending log lock").retain(|index, _| *index < log_id.index);
-            let txn = self.db.begin_write().map_err(write_err)?;
-            txn.open_table(ENTRIES)
-                .map_err(write_err)?
-                .retain_in(log_id.index.., |_, _| false)
-                .map_err(write_err)?;
-            txn.commit().map_err(write_err)
-        })
+        blocking(|| self.ask(|done| Write::Truncate(log_id.index, done)))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "purging the log");
-        blocking(|| {
-            self.flush()?;
-            let txn = self.db.begin_write().map_err(write_err)?;
-            {
-                let mut state = txn.open_table(STATE).map_err(write_err)?;
-                state.insert(KEY_LAST_PURGED, encode(&log_id)?.as_slice()).map_err(write_err)?;
-                let mut table = txn.open_table(ENTRIES).map_err(write_err)?;
-                table.retain_in(..=log_id.index, |_, _| false).map_err(write_err)?;
-            }
-            txn.commit().map_err(write_err)
-        })
+        blocking(|| self.ask(|done| Write::Purge(log_id, done)))
     }
 }

@@ -94,6 +94,9 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
+/// The Raft log's directory inside the data dir.
+pub const RAFT_LOG_DIR: &str = "raft-log";
+
 /// Runs a member until `shutdown` completes, then stops it cleanly: servers
 /// first, then Raft, then a durable commit of the state machine.
 pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
@@ -106,8 +109,9 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
 
     let identity =
         crate::identity::establish(&config).await.map_err(|e| ServerError::Identity(e.to_string()))?;
-    let log =
-        LogStore::open(&data_dir.join("raft-log.redb")).map_err(|e| ServerError::Storage(e.to_string()))?;
+    let log_dir = data_dir.join(RAFT_LOG_DIR);
+    crate::log_migrate::migrate(&data_dir, &log_dir).map_err(|e| ServerError::Storage(e.to_string()))?;
+    let log = LogStore::open(&log_dir).map_err(|e| ServerError::Storage(e.to_string()))?;
     let mvcc = Arc::new(
         MvccStore::open_with_cache(&data_dir.join("mvcc.redb"), config.backend_cache_bytes)
             .map_err(|e| ServerError::Storage(e.to_string()))?,

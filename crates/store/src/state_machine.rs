@@ -25,6 +25,27 @@ use crate::types::{
 };
 use crate::watch_hub::WatchHub;
 
+/// Commands one apply may run on a runtime worker without handing it over.
+pub const APPLY_INLINE_COMMANDS_MAX: usize = 64;
+
+fn commands_in(entry: &Entry) -> usize {
+    match &entry.payload {
+        EntryPayload::Normal(Request(Command { kind: Some(command::Kind::Batch(batch)) })) => {
+            batch.commands.len()
+        }
+        _ => 1,
+    }
+}
+
+/// Runs `f` here when `inline`, else with the worker handed to the runtime.
+fn on_worker_or_blocking<T>(inline: bool, f: impl FnOnce() -> T) -> T {
+    if inline {
+        f()
+    } else {
+        tokio::task::block_in_place(f)
+    }
+}
+
 /// Longest time applied state may stay only in memory. Bounds how much log a
 /// restart re-applies; durability itself comes from the log.
 pub const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
@@ -153,7 +174,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let durable = self.last_durable.elapsed() >= PERSIST_INTERVAL;
-        let responses = tokio::task::block_in_place(|| {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let commands: usize = entries.iter().map(commands_in).sum();
+        // A small batch applies on this task: handing the worker thread over
+        // (block_in_place) costs more than the work. A big one, or a durable
+        // commit (an fsync), moves off the runtime's worker.
+        let inline = !durable && commands <= APPLY_INLINE_COMMANDS_MAX;
+        let responses = on_worker_or_blocking(inline, || {
             let mut batch = self.mvcc.begin_apply().map_err(|e| sm_error(ErrorVerb::Write, e))?;
             let mut responses = Vec::new();
             let mut last: Option<LogId> = None;

@@ -1,0 +1,334 @@
+//! The segments together: one writer ([`Wal`]) and any number of readers
+//! ([`WalReader`]). Readers see a record only once the writer synced it.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::record;
+use crate::segment::{self, Segment, SEGMENT_BYTES_TARGET};
+use crate::{Result, WalError};
+
+/// The segments, oldest first, and the purge point. Shared by the writer and
+/// the readers; the writer takes it exclusively only to publish synced
+/// records, cut the tail or drop the head.
+struct Segments {
+    list: Vec<Segment>,
+    /// Indexes at or below this are gone even if a segment still holds them.
+    purged: Option<u64>,
+}
+
+impl Segments {
+    fn last_index(&self) -> Option<u64> {
+        self.list.iter().rev().find_map(Segment::last_index)
+    }
+
+    fn first_index(&self) -> Option<u64> {
+        let first = self.list.iter().find(|s| !s.offsets.is_empty())?.first_index;
+        let first = match self.purged {
+            Some(purged) => first.max(purged + 1),
+            None => first,
+        };
+        (Some(first) <= self.last_index()).then_some(first)
+    }
+}
+
+/// What opening the log found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    pub segments: usize,
+    pub first_index: Option<u64>,
+    pub last_index: Option<u64>,
+    /// Bytes of a torn last append that were cut off (0 after a clean stop).
+    pub torn_bytes: u64,
+}
+
+/// How the log is laid out.
+#[derive(Debug, Clone)]
+pub struct WalOptions {
+    /// A segment takes no new appends once it holds this many bytes.
+    pub segment_bytes: u64,
+}
+
+impl Default for WalOptions {
+    fn default() -> WalOptions {
+        WalOptions { segment_bytes: SEGMENT_BYTES_TARGET }
+    }
+}
+
+/// The log's single writer.
+pub struct Wal {
+    dir: PathBuf,
+    options: WalOptions,
+    shared: Arc<RwLock<Segments>>,
+    /// Encoding buffer, reused.
+    buf: Vec<u8>,
+    /// Records written to the last segment but not yet synced: their offsets,
+    /// and where the next append goes.
+    staged: Vec<u64>,
+    staged_end: u64,
+}
+
+/// Reads synced records; cheap to clone.
+#[derive(Clone)]
+pub struct WalReader {
+    shared: Arc<RwLock<Segments>>,
+}
+
+fn read_lock(shared: &RwLock<Segments>) -> RwLockReadGuard<'_, Segments> {
+    shared.read().expect("wal segments lock")
+}
+
+fn write_lock(shared: &RwLock<Segments>) -> RwLockWriteGuard<'_, Segments> {
+    shared.write().expect("wal segments lock")
+}
+
+fn remove(segment: &Segment) -> Result<()> {
+    tracing::debug!(path = %segment.path.display(), "removing wal segment");
+    std::fs::remove_file(&segment.path).map_err(WalError::io(&segment.path))
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`, checking every record.
+    pub fn open(dir: &Path, options: WalOptions) -> Result<(Wal, Recovered)> {
+        std::fs::create_dir_all(dir).map_err(WalError::io(dir))?;
+        let mut firsts = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(WalError::io(dir))? {
+            let entry = entry.map_err(WalError::io(dir))?;
+            if let Some(first) = entry.file_name().to_str().and_then(segment::parse_name) {
+                firsts.push(first);
+            }
+        }
+        firsts.sort_unstable();
+        let mut list: Vec<Segment> = Vec::new();
+        let mut torn_bytes = 0;
+        let count = firsts.len();
+        for (position, first) in firsts.into_iter().enumerate() {
+            let path = dir.join(segment::file_name(first));
+            let scan = Segment::open(&path, first, position + 1 == count)?;
+            torn_bytes += scan.torn_bytes;
+            let segment = scan.segment;
+            if segment.offsets.is_empty() {
+                // Created by a rotation that crashed before its first write.
+                std::fs::remove_file(&path).map_err(WalError::io(&path))?;
+                continue;
+            }
+            if let Some(previous) = list.last().and_then(Segment::last_index) {
+                if segment.first_index != previous + 1 {
+                    return Err(WalError::Corrupt {
+                        path,
+                        offset: 0,
+                        reason: format!("segment starts at {first}, the one before ends at {previous}"),
+                    });
+                }
+            }
+            list.push(segment);
+        }
+        if let Some(tail) = list.last() {
+            tail.preallocate(options.segment_bytes)?;
+        }
+        segment::sync_dir(dir)?;
+        let segments = Segments { list, purged: None };
+        let recovered = Recovered {
+            segments: segments.list.len(),
+            first_index: segments.first_index(),
+            last_index: segments.last_index(),
+            torn_bytes,
+        };
+        let staged_end = segments.list.last().map_or(0, |s| s.end);
+        let wal = Wal {
+            dir: dir.to_path_buf(),
+            options,
+            shared: Arc::new(RwLock::new(segments)),
+            buf: Vec::new(),
+            staged: Vec::new(),
+            staged_end,
+        };
+        Ok((wal, recovered))
+    }
+
+    pub fn reader(&self) -> WalReader {
+        WalReader { shared: self.shared.clone() }
+    }
+
+    /// The index the next append must start with, if the log holds any.
+    fn next_index(&self, segments: &Segments) -> Option<u64> {
+        let last = segments.list.last()?;
+        let records = last.offsets.len() + self.staged.len();
+        (records > 0).then(|| last.first_index + records as u64)
+    }
+
+    /// Writes records (consecutive indexes, continuing the log) to the page
+    /// cache. They are durable, and visible to readers, after [`Wal::sync`].
+    pub fn append<'a>(&mut self, records: impl IntoIterator<Item = (u64, &'a [u8])>) -> Result<()> {
+        let (mut next, purged) = {
+            let segments = read_lock(&self.shared);
+            (self.next_index(&segments), segments.purged)
+        };
+        self.buf.clear();
+        let mut relative = Vec::new();
+        let mut first = None;
+        for (index, payload) in records {
+            let in_order = match next {
+                Some(expected) => index == expected,
+                None => purged.is_none_or(|p| index > p),
+            };
+            if !in_order {
+                let last = next.map(|n| n - 1).or(purged).unwrap_or(0);
+                return Err(WalError::OutOfOrder { last, got: index });
+            }
+            relative.push(self.buf.len() as u64);
+            record::encode_into(&mut self.buf, index, payload)?;
+            first.get_or_insert(index);
+            next = Some(index + 1);
+        }
+        let Some(first) = first else { return Ok(()) };
+        self.prepare_segment(first)?;
+        let segments = read_lock(&self.shared);
+        let tail = segments.list.last().expect("a segment to append to");
+        tail.file.write_all_at(&self.buf, self.staged_end).map_err(WalError::io(&tail.path))?;
+        self.staged.extend(relative.into_iter().map(|r| self.staged_end + r));
+        self.staged_end += self.buf.len() as u64;
+        Ok(())
+    }
+
+    /// Makes sure the last segment can take records starting at `first`:
+    /// seals a full one (synced) and starts the next, or replaces an empty
+    /// one left by a failed write that was meant for other indexes.
+    fn prepare_segment(&mut self, first: u64) -> Result<()> {
+        let (full, stale_empty) = {
+            let segments = read_lock(&self.shared);
+            match segments.list.last() {
+                None => (true, false),
+                Some(tail) => {
+                    let empty = tail.offsets.is_empty() && self.staged.is_empty();
+                    (self.staged_end >= self.options.segment_bytes, empty && tail.first_index != first)
+                }
+            }
+        };
+        if !full && !stale_empty {
+            return Ok(());
+        }
+        self.sync()?;
+        let mut segments = write_lock(&self.shared);
+        if stale_empty {
+            let tail = segments.list.pop().expect("an empty tail");
+            remove(&tail)?;
+        } else if let Some(full) = segments.list.last() {
+            // Sealed before the next exists: every segment but the last ends
+            // exactly at its last record.
+            full.seal()?;
+        }
+        segments.list.push(Segment::create(&self.dir, first, self.options.segment_bytes)?);
+        self.staged_end = 0;
+        Ok(())
+    }
+
+    /// Makes every appended record durable (one `fdatasync`) and readable.
+    pub fn sync(&mut self) -> Result<()> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        let (file, path) = {
+            let segments = read_lock(&self.shared);
+            let tail = segments.list.last().expect("staged records have a segment");
+            (tail.file.clone(), tail.path.clone())
+        };
+        file.sync_data().map_err(WalError::io(&path))?;
+        let mut segments = write_lock(&self.shared);
+        let tail = segments.list.last_mut().expect("staged records have a segment");
+        tail.offsets.append(&mut self.staged);
+        tail.end = self.staged_end;
+        Ok(())
+    }
+
+    /// Removes every record at or after `index`, durably. Newest segments go
+    /// first, so a crash part way leaves the log contiguous.
+    pub fn truncate_from(&mut self, index: u64) -> Result<()> {
+        self.sync()?;
+        let mut segments = write_lock(&self.shared);
+        let mut removed = false;
+        while let Some(tail) = segments.list.last_mut() {
+            if tail.first_index >= index {
+                remove(tail)?;
+                segments.list.pop();
+                removed = true;
+                continue;
+            }
+            tail.cut((index - tail.first_index) as usize)?;
+            tail.preallocate(self.options.segment_bytes)?;
+            break;
+        }
+        self.staged_end = segments.list.last().map_or(0, |s| s.end);
+        drop(segments);
+        if removed {
+            segment::sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets every record at or below `index`: they are no longer readable,
+    /// and segments holding nothing newer are deleted. The caller records the
+    /// purge point durably itself (and passes it again after reopening).
+    pub fn purge_to(&mut self, index: u64) -> Result<()> {
+        self.sync()?;
+        let mut segments = write_lock(&self.shared);
+        segments.purged = segments.purged.max(Some(index));
+        let mut removed = 0;
+        while let Some(head) = segments.list.get(removed) {
+            let gone = match head.last_index() {
+                Some(last) => last <= index,
+                None => head.first_index <= index,
+            };
+            if !gone {
+                break;
+            }
+            remove(head)?;
+            removed += 1;
+        }
+        segments.list.drain(..removed);
+        self.staged_end = segments.list.last().map_or(0, |s| s.end);
+        drop(segments);
+        if removed > 0 {
+            segment::sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+}
+
+impl WalReader {
+    /// `(first, last)` readable index, or `None` when the log is empty.
+    pub fn bounds(&self) -> Option<(u64, u64)> {
+        let segments = read_lock(&self.shared);
+        Some((segments.first_index()?, segments.last_index()?))
+    }
+
+    /// The synced records with `from <= index < to`, in order. Indexes the
+    /// log does not hold are simply absent.
+    pub fn read(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        let segments = read_lock(&self.shared);
+        let Some(first) = segments.first_index() else { return Ok(Vec::new()) };
+        let from = from.max(first);
+        let mut out = Vec::new();
+        for segment in &segments.list {
+            let Some(last) = segment.last_index() else { continue };
+            let (lo, hi) = (from.max(segment.first_index), to.min(last + 1));
+            if lo < hi {
+                let position = |index: u64| (index - segment.first_index) as usize;
+                segment.read(position(lo), position(hi), &mut out)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One record, or `Missing`.
+    pub fn get(&self, index: u64) -> Result<Vec<u8>> {
+        match self.read(index, index + 1)?.pop() {
+            Some((_, payload)) => Ok(payload),
+            None => {
+                let (first, last) = self.bounds().unwrap_or((0, 0));
+                Err(WalError::Missing { index, first, last })
+            }
+        }
+    }
+}

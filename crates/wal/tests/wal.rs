@@ -1,0 +1,194 @@
+//! The log's contract, on real files: what was synced is read back after a
+//! reopen, a torn tail is cut, damage elsewhere is refused, and truncate and
+//! purge survive a reopen.
+
+use std::path::Path;
+
+use wal::{Wal, WalError, WalOptions};
+
+fn small_segments() -> WalOptions {
+    WalOptions { segment_bytes: 1024 }
+}
+
+fn payload(index: u64) -> Vec<u8> {
+    format!("entry {index} {}", "x".repeat((index % 50) as usize)).into_bytes()
+}
+
+fn append(wal: &mut Wal, indexes: std::ops::Range<u64>) {
+    let payloads: Vec<(u64, Vec<u8>)> = indexes.map(|i| (i, payload(i))).collect();
+    wal.append(payloads.iter().map(|(i, p)| (*i, p.as_slice()))).unwrap();
+    wal.sync().unwrap();
+}
+
+/// A log in small segments holding `indexes`, appended ten at a time.
+fn filled(dir: &Path, indexes: std::ops::Range<u64>) -> Wal {
+    let (mut wal, _) = Wal::open(dir, small_segments()).unwrap();
+    for start in indexes.clone().step_by(10) {
+        append(&mut wal, start..(start + 10).min(indexes.end));
+    }
+    wal
+}
+
+fn check_holds(wal: &Wal, from: u64, to: u64) {
+    let read = wal.reader().read(0, u64::MAX).unwrap();
+    let indexes: Vec<u64> = read.iter().map(|(i, _)| *i).collect();
+    assert_eq!(indexes, (from..=to).collect::<Vec<_>>());
+    for (index, bytes) in read {
+        assert_eq!(bytes, payload(index), "payload of {index}");
+    }
+    assert_eq!(wal.reader().bounds(), Some((from, to)));
+}
+
+fn segment_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".wal"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn synced_records_survive_reopen_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, recovered) = Wal::open(dir.path(), small_segments()).unwrap();
+    assert_eq!((recovered.first_index, recovered.last_index), (None, None));
+    let wal = filled(dir.path(), 0..200);
+    check_holds(&wal, 0, 199);
+    assert!(segment_files(dir.path()).len() > 3, "small segments rotate");
+    drop(wal);
+    let (wal, recovered) = Wal::open(dir.path(), small_segments()).unwrap();
+    assert_eq!((recovered.first_index, recovered.last_index, recovered.torn_bytes), (Some(0), Some(199), 0));
+    check_holds(&wal, 0, 199);
+    assert_eq!(wal.reader().get(57).unwrap(), payload(57));
+    assert!(matches!(wal.reader().get(200), Err(WalError::Missing { index: 200, .. })));
+}
+
+#[test]
+fn unsynced_records_are_not_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    append(&mut wal, 1..4);
+    wal.append([(4, &b"four"[..])]).unwrap();
+    assert_eq!(wal.reader().bounds(), Some((1, 3)));
+    wal.sync().unwrap();
+    assert_eq!(wal.reader().bounds(), Some((1, 4)));
+}
+
+#[test]
+fn out_of_order_appends_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    append(&mut wal, 5..8);
+    let err = wal.append([(9, &b"gap"[..])]).unwrap_err();
+    assert!(matches!(err, WalError::OutOfOrder { last: 7, got: 9 }), "{err}");
+    let err = wal.append([(7, &b"again"[..])]).unwrap_err();
+    assert!(matches!(err, WalError::OutOfOrder { last: 7, got: 7 }), "{err}");
+    append(&mut wal, 8..9);
+    check_holds(&wal, 5, 8);
+}
+
+#[test]
+fn a_torn_last_append_is_cut_and_the_log_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    append(&mut wal, 1..21);
+    drop(wal);
+    let last = dir.path().join(segment_files(dir.path()).pop().unwrap());
+    let bytes = std::fs::read(&last).unwrap();
+    assert_eq!(bytes.len() as u64, wal::SEGMENT_BYTES_TARGET, "the segment is preallocated");
+    let end = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
+    // A crash mid-append: half a record after the last whole one.
+    let mut torn = bytes.clone();
+    torn[end..end + 6].copy_from_slice(b"\x20\x00\x00\x00\x01\x02");
+    std::fs::write(&last, &torn).unwrap();
+    let (wal, recovered) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(recovered.torn_bytes, 6);
+    check_holds(&wal, 1, 20);
+    drop(wal);
+    let after = std::fs::read(&last).unwrap();
+    assert!(after[end..].iter().all(|b| *b == 0), "the torn bytes are gone");
+    let (mut wal, recovered) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(recovered.torn_bytes, 0, "preallocated zeros are not a torn append");
+    append(&mut wal, 21..23);
+    check_holds(&wal, 1, 22);
+}
+
+#[test]
+fn damage_before_the_tail_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = filled(dir.path(), 0..100);
+    drop(wal);
+    let files = segment_files(dir.path());
+    let first = dir.path().join(&files[0]);
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[40] ^= 0xff;
+    std::fs::write(&first, &bytes).unwrap();
+    let err = Wal::open(dir.path(), small_segments()).err().expect("a damaged segment is refused");
+    assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains(&files[0]), "the error names the file: {err}");
+}
+
+#[test]
+fn a_missing_segment_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = filled(dir.path(), 0..100);
+    drop(wal);
+    let files = segment_files(dir.path());
+    std::fs::remove_file(dir.path().join(&files[1])).unwrap();
+    let err = Wal::open(dir.path(), small_segments()).err().expect("a gap is refused");
+    assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
+}
+
+#[test]
+fn truncate_cuts_across_segments_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = filled(dir.path(), 1..201);
+    let before = segment_files(dir.path()).len();
+    wal.truncate_from(95).unwrap();
+    check_holds(&wal, 1, 94);
+    assert!(segment_files(dir.path()).len() < before, "whole segments after the cut are deleted");
+    // The log continues from the cut with new entries.
+    append(&mut wal, 95..120);
+    drop(wal);
+    let (mut wal, recovered) = Wal::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(recovered.last_index, Some(119));
+    check_holds(&wal, 1, 119);
+    // Cutting at a segment's first index removes that segment entirely.
+    let firsts: Vec<u64> = segment_files(dir.path()).iter().map(|n| n[..20].parse().unwrap()).collect();
+    let boundary = firsts[2];
+    wal.truncate_from(boundary).unwrap();
+    check_holds(&wal, 1, boundary - 1);
+    assert_eq!(segment_files(dir.path()).len(), 2);
+}
+
+#[test]
+fn purge_drops_whole_segments_and_hides_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = filled(dir.path(), 1..201);
+    let before = segment_files(dir.path()).len();
+    wal.purge_to(100).unwrap();
+    check_holds(&wal, 101, 200);
+    let after = segment_files(dir.path());
+    assert!(after.len() < before, "segments wholly below the purge point are deleted");
+    let oldest: u64 = after[0][..20].parse().unwrap();
+    assert!(oldest <= 101, "the segment holding 101 stays");
+    assert!(wal.reader().read(50, 60).unwrap().is_empty());
+    drop(wal);
+    // After a reopen the caller passes its purge point again.
+    let (mut wal, _) = Wal::open(dir.path(), small_segments()).unwrap();
+    wal.purge_to(100).unwrap();
+    check_holds(&wal, 101, 200);
+    // Purging past the end empties the log; it then continues anywhere later.
+    wal.purge_to(500).unwrap();
+    assert_eq!(wal.reader().bounds(), None);
+    assert!(segment_files(dir.path()).is_empty());
+    assert!(matches!(wal.append([(400, &b"old"[..])]), Err(WalError::OutOfOrder { .. })));
+    append(&mut wal, 501..510);
+    check_holds(&wal, 501, 509);
+    drop(wal);
+    let (wal, recovered) = Wal::open(dir.path(), small_segments()).unwrap();
+    assert_eq!((recovered.first_index, recovered.last_index), (Some(501), Some(509)));
+    check_holds(&wal, 501, 509);
+}
