@@ -23,15 +23,17 @@ cleanup() {
     local pids pid
     pids=("${PIDS[@]}" $(cat "$WORK"/*.pids 2>/dev/null))
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for _ in $(seq 50); do
+    for _ in $(seq 100); do
         alive=0
         # Zombies count as gone: nothing may reap members whose parent exited.
         for pid in "${pids[@]}"; do grep -qs '^State:[[:space:]]*[^Z]' "/proc/$pid/status" && alive=1; done
         [ $alive = 0 ] && break
         sleep 0.1
     done
+    # Still running after 10 s: the next run must not meet them on its ports.
+    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$WORK"
+    [ -n "${KEEP:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
 
@@ -66,7 +68,7 @@ start() {
         local args=(--name "m$i" --data-dir "$dir" --listen-client-urls "http://127.0.0.1:$client"
             --advertise-client-urls "http://127.0.0.1:$client" --listen-peer-urls "http://127.0.0.1:$peer"
             --initial-advertise-peer-urls "http://127.0.0.1:$peer" --initial-cluster "$cluster"
-            --initial-cluster-state new)
+            --initial-cluster-state new --initial-cluster-token "compare-$$")
         if [ "$system" = etcd ]; then
             etcd "${args[@]}" >"$WORK/$system-m$i.log" 2>&1 &
         else

@@ -17,7 +17,7 @@
 //! `election` (pre-vote, then openraft's election), `leadership` (MoveLeader), `compactor` (automatic compaction), `faults` (test-only fault injection), `types` (Raft type config), `log_store`,
 //! `log_migrate` (moves a log kept in redb by earlier versions),
 //! `state_machine`, `network` (peer client), `peer_service`, `node` (request
-//! paths), `kv_service`, `maintenance_service`, `cluster_service`, `placement`
+//! paths), `forwarder` (a follower's writes to the leader, batched), `kv_service`, `maintenance_service`, `cluster_service`, `placement`
 //! (key → Raft group), `grpc_status` (status codes aligned with grpc-go),
 //! `server` (assembly and lifecycle).
 
@@ -26,6 +26,7 @@ pub mod compactor;
 pub mod config;
 pub mod election;
 pub mod faults;
+pub mod forwarder;
 pub mod grpc_status;
 pub mod identity;
 pub mod kv_service;

@@ -6,9 +6,11 @@
 //!
 //! Group commit: appends go to one writer thread, which writes every append
 //! waiting for it with one `pwrite` and one `fdatasync`, then reports each to
-//! openraft as flushed. Until then the entries stay readable from memory
-//! (`pending`), because openraft replicates them to followers while they are
-//! written here. Truncate and purge go through the same thread, in order.
+//! openraft as flushed. Until then the entries are readable from memory
+//! (`Recent`), because openraft replicates them to followers while they are
+//! written here; after, the newest `RECENT_BYTES_MAX` of them stay there, so
+//! replication to a follower a little behind reads no file and decodes
+//! nothing. Truncate and purge go through the same thread, in order.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -33,6 +35,9 @@ const PURGED_FILE: &str = "purged";
 /// Appends one group commit may take, at most.
 const GROUP_COMMIT_APPENDS_MAX: usize = 1024;
 
+/// Encoded bytes of durable entries kept in memory for replication.
+const RECENT_BYTES_MAX: usize = 16 * 1024 * 1024;
+
 /// How often, at most, the writer replaces the committed-id file.
 const COMMITTED_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -54,8 +59,8 @@ pub struct LogStore {
     dir: PathBuf,
     reader: WalReader,
     writer: Sender<Write>,
-    /// Appended but not yet durable: index → entry.
-    pending: Arc<Mutex<BTreeMap<u64, Entry>>>,
+    /// The newest entries, durable or not.
+    recent: Arc<Mutex<Recent>>,
     /// The purge point, as last recorded.
     purged: Arc<Mutex<Option<LogId>>>,
     /// The committed id openraft last reported; the writer persists it.
@@ -103,11 +108,78 @@ fn write_meta<T: Serialize>(dir: &Path, name: &str, value: &T, durable: bool) ->
     meta::write(&dir.join(name), &encode(value)?, durable).map_err(write_err)
 }
 
+struct Cached {
+    entry: Entry,
+    /// Encoded size once durable; `None` while it is being written.
+    durable_bytes: Option<usize>,
+}
+
+/// The newest entries: everything appended and not yet durable, then the
+/// newest durable ones up to `RECENT_BYTES_MAX`. Contiguous by index.
+#[derive(Default)]
+struct Recent {
+    entries: BTreeMap<u64, Cached>,
+    durable_bytes: usize,
+}
+
+impl Recent {
+    fn append(&mut self, entries: &[Entry]) {
+        for entry in entries {
+            let index = entry.log_id.index;
+            if let Some((last, _)) = self.entries.iter().next_back() {
+                assert!(index == last + 1, "log indexes are contiguous: {last} then {index}");
+            }
+            self.entries.insert(index, Cached { entry: entry.clone(), durable_bytes: None });
+        }
+    }
+
+    /// `log_id` is durable, `bytes` long. A later truncate may have replaced
+    /// its index: only the entry that was written counts.
+    fn made_durable(&mut self, log_id: LogId, bytes: usize) {
+        if let Some(cached) = self.entries.get_mut(&log_id.index) {
+            if cached.entry.log_id == log_id && cached.durable_bytes.is_none() {
+                cached.durable_bytes = Some(bytes);
+                self.durable_bytes += bytes;
+            }
+        }
+    }
+
+    /// Drops the oldest durable entries beyond the memory budget.
+    fn evict(&mut self) {
+        while self.durable_bytes > RECENT_BYTES_MAX {
+            let (_, oldest) = self.entries.pop_first().expect("durable bytes come from entries");
+            let bytes = oldest.durable_bytes.expect("entries become durable oldest first");
+            self.durable_bytes -= bytes;
+        }
+    }
+
+    fn truncate(&mut self, from: u64) {
+        for (_, gone) in self.entries.split_off(&from) {
+            self.durable_bytes -= gone.durable_bytes.unwrap_or(0);
+        }
+    }
+
+    fn purge(&mut self, to: u64) {
+        let kept = self.entries.split_off(&(to + 1));
+        for (_, gone) in std::mem::replace(&mut self.entries, kept) {
+            self.durable_bytes -= gone.durable_bytes.unwrap_or(0);
+        }
+    }
+
+    fn range(&self, from: u64, to: u64) -> Vec<Entry> {
+        self.entries.range(from..to).map(|(_, c)| c.entry.clone()).collect()
+    }
+
+    fn last(&self) -> Option<LogId> {
+        self.entries.values().next_back().map(|c| c.entry.log_id)
+    }
+}
+
 /// The writer thread's state.
 struct Writer {
     dir: PathBuf,
     wal: Wal,
-    pending: Arc<Mutex<BTreeMap<u64, Entry>>>,
+    recent: Arc<Mutex<Recent>>,
     purged: Arc<Mutex<Option<LogId>>>,
     committed: Arc<Mutex<Option<LogId>>>,
     committed_written: Option<LogId>,
@@ -164,13 +236,12 @@ impl Writer {
         }
         let outcome = self.write_and_sync(&appends);
         if outcome.is_ok() {
-            let mut pending = lock(&self.pending);
-            for entry in appends.iter().flat_map(|(entries, _)| entries) {
-                // A later truncate may have replaced this index: drop only what was written.
-                if pending.get(&entry.log_id.index).is_some_and(|e| e.log_id == entry.log_id) {
-                    pending.remove(&entry.log_id.index);
-                }
+            let mut recent = lock(&self.recent);
+            let written = appends.iter().flat_map(|(entries, _)| entries);
+            for (entry, encoded) in written.zip(&self.buf) {
+                recent.made_durable(entry.log_id, encoded.len());
             }
+            recent.evict();
         }
         for (_, callback) in appends {
             let reported = outcome.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
@@ -200,7 +271,7 @@ impl Writer {
             Write::Truncate(index, done) => {
                 let outcome = self.wal.truncate_from(index).map_err(write_err);
                 if outcome.is_ok() {
-                    lock(&self.pending).retain(|i, _| *i < index);
+                    lock(&self.recent).truncate(index);
                 }
                 (outcome, done)
             }
@@ -209,6 +280,7 @@ impl Writer {
                     .and_then(|()| self.wal.purge_to(log_id.index).map_err(write_err));
                 if outcome.is_ok() {
                     *lock(&self.purged) = Some(log_id);
+                    lock(&self.recent).purge(log_id.index);
                 }
                 (outcome, done)
             }
@@ -256,7 +328,7 @@ impl LogStore {
             dir: dir.to_path_buf(),
             reader: wal.reader(),
             writer: mpsc::channel().0,
-            pending: Arc::default(),
+            recent: Arc::default(),
             purged: Arc::new(Mutex::new(purged)),
             committed: Arc::new(Mutex::new(committed)),
         };
@@ -264,7 +336,7 @@ impl LogStore {
         let thread = Writer {
             dir: dir.to_path_buf(),
             wal,
-            pending: store.pending.clone(),
+            recent: store.recent.clone(),
             purged: store.purged.clone(),
             committed: store.committed.clone(),
             committed_written: committed,
@@ -316,20 +388,20 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if from >= to {
             return Ok(Vec::new());
         }
-        // Pending first: an entry leaves `pending` only after it is readable
+        // Memory first: an entry leaves `recent` only after it is readable
         // from the log, so reading in this order never misses one.
-        let pending: Vec<Entry> = lock(&self.pending).range(from..to).map(|(_, e)| e.clone()).collect();
-        let first_pending = pending.first().map_or(to, |e| e.log_id.index);
+        let cached: Vec<Entry> = lock(&self.recent).range(from, to);
+        let first_cached = cached.first().map_or(to, |e| e.log_id.index);
         let mut out = Vec::new();
-        if from < first_pending {
-            let records = blocking(|| self.reader.read(from, first_pending)).map_err(read_err)?;
+        if from < first_cached {
+            let records = blocking(|| self.reader.read(from, first_cached)).map_err(read_err)?;
             for (index, bytes) in records {
                 let entry: Entry = decode(&bytes)?;
                 assert_eq!(entry.log_id.index, index, "a log record holds the entry of its index");
                 out.push(entry);
             }
         }
-        out.extend(pending);
+        out.extend(cached);
         Ok(out)
     }
 }
@@ -339,8 +411,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged = *lock(&self.purged);
-        let last_pending = lock(&self.pending).values().next_back().map(|e| e.log_id);
-        let last = match last_pending {
+        let last_recent = lock(&self.recent).last();
+        let last = match last_recent {
             Some(id) => Some(id),
             None => blocking(|| self.last_durable_id())?,
         };
@@ -375,16 +447,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        {
-            let mut pending = lock(&self.pending);
-            for entry in &entries {
-                let index = entry.log_id.index;
-                if let Some((last, _)) = pending.iter().next_back() {
-                    assert!(index == last + 1, "log indexes are contiguous: {last} then {index}");
-                }
-                pending.insert(index, entry.clone());
-            }
-        }
+        lock(&self.recent).append(&entries);
         self.writer.send(Write::Append(entries, callback)).map_err(|_| write_err(WriterGone))
     }
 

@@ -13,7 +13,7 @@ use etcd_proto::etcdserverpb::{
 };
 use etcd_proto::fivefoldpb::peer_client::PeerClient;
 use etcd_proto::fivefoldpb::{
-    command, command_response, Command, CommandResponse, MemberAttributes, ProposeRequest, ReadIndexRequest,
+    command, command_response, Command, CommandResponse, MemberAttributes, ReadIndexRequest,
 };
 use mvcc::{MvccError, MvccStore};
 use openraft::error::{CheckIsLeaderError, RaftError};
@@ -61,6 +61,9 @@ pub struct StoreNode {
     /// Reads waiting for a read index (see `run_read_rounds`).
     read_rounds: tokio::sync::mpsc::Sender<ReadReply>,
     read_round_queue: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<ReadReply>>>,
+    /// Writes a follower forwards to the leader (see `forwarder`).
+    pub(crate) forwards: tokio::sync::mpsc::Sender<crate::forwarder::Forward>,
+    pub(crate) forward_queue: std::sync::Mutex<Option<crate::forwarder::ForwardQueue>>,
     /// Until when a leader transfer holds this member's campaigns.
     pub(crate) elections_held_until: std::sync::Mutex<Option<Instant>>,
     /// One membership change at a time (see `membership`).
@@ -93,7 +96,10 @@ impl StoreNode {
         peers: PeerChannels,
     ) -> StoreNode {
         let (read_rounds, read_round_queue) = tokio::sync::mpsc::channel(READS_QUEUED_MAX);
+        let (forwards, forward_queue) = crate::forwarder::queue();
         StoreNode {
+            forwards,
+            forward_queue: std::sync::Mutex::new(Some(forward_queue)),
             read_rounds,
             read_round_queue: std::sync::Mutex::new(Some(read_round_queue)),
             proposer: Proposer::start(raft.clone()),
@@ -159,7 +165,7 @@ impl StoreNode {
     /// Resolves once this member knows a leader other than `old` (never, if the
     /// member stops first). Lets a call stuck on a dead leader give up as soon
     /// as a successor is elected instead of waiting out its deadline.
-    async fn successor_of(&self, old: NodeId) {
+    pub(crate) async fn successor_of(&self, old: NodeId) {
         let mut metrics = self.raft.metrics();
         loop {
             if metrics.borrow_and_update().current_leader.is_some_and(|id| id != old) {
@@ -214,60 +220,28 @@ impl StoreNode {
         }
     }
 
-    /// Proposes on this member, which must be the leader.
-    pub async fn propose_here(&self, command: Command, deadline: Instant) -> Result<CommandResponse, Status> {
-        match tokio::time::timeout_at(deadline, self.proposer.propose(command)).await {
+    /// Proposes `commands` on this member (the leader) in one log entry.
+    pub async fn propose_all_here(
+        &self,
+        commands: Vec<Command>,
+        deadline: Instant,
+    ) -> Result<Vec<CommandResponse>, Status> {
+        if commands.is_empty()
+            || commands.iter().any(|c| matches!(c.kind, Some(command::Kind::Batch(_)) | None))
+        {
+            return Err(Status::invalid_argument("etcdserver: a forwarded batch holds plain commands"));
+        }
+        match tokio::time::timeout_at(deadline, self.proposer.propose_all(commands)).await {
             Err(_) => Err(Status::unavailable(REQUEST_TIMED_OUT)),
             Ok(result) => result,
         }
     }
 
-    async fn forward(
-        &self,
-        leader_id: NodeId,
-        leader: &Member,
-        command: Command,
-        deadline: Instant,
-    ) -> Result<CommandResponse, Status> {
-        let url = leader.peer_urls.first().ok_or_else(|| Status::unavailable(NO_LEADER))?;
-        let mut client = self.peer(url).await?;
-        let mut request = tonic::Request::new(ProposeRequest { command: Some(command) });
-        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        // A leader that went silent is given up once a successor is known, as
-        // etcd does: the outcome is unknown ("leader changed"), but the client
-        // learns it now instead of at its deadline and can retry elsewhere.
-        // Leadership moved before sending: nothing was sent, look again.
-        if self.raft.metrics().borrow().current_leader != Some(leader_id) {
-            return Err(Status::unavailable(NOT_LEADER));
-        }
-        let answer = tokio::select! {
-            biased;
-            answer = tokio::time::timeout_at(deadline, client.propose(request)) => match answer {
-                Ok(answer) => answer,
-                Err(_) => return Err(Status::unavailable(REQUEST_TIMED_OUT)),
-            },
-            _ = self.successor_of(leader_id) => {
-                tracing::debug!(leader = %leader, "the leader was replaced while a forwarded write was in flight");
-                return Err(Status::unavailable(LEADER_CHANGED));
-            }
-        };
-        match answer {
-            Ok(reply) => reply
-                .into_inner()
-                .response
-                .ok_or_else(|| Status::internal("etcdserver: leader sent an empty response")),
-            Err(status) if status.message() == NOT_LEADER => Err(status),
-            // The leader could not be reached at all: nothing was sent, so the
-            // write can go to whoever leads next.
-            Err(status) if never_sent(&status) => {
-                tracing::debug!(%status, leader = %leader, "leader unreachable; waiting for the next one");
-                Err(Status::unavailable(NOT_LEADER))
-            }
-            // The leader may or may not have the write: the outcome is unknown.
-            Err(status) => {
-                tracing::debug!(%status, leader = %leader, "forwarding a write failed");
-                Err(Status::unavailable(REQUEST_TIMED_OUT))
-            }
+    /// Proposes on this member, which must be the leader.
+    pub async fn propose_here(&self, command: Command, deadline: Instant) -> Result<CommandResponse, Status> {
+        match tokio::time::timeout_at(deadline, self.proposer.propose(command)).await {
+            Err(_) => Err(Status::unavailable(REQUEST_TIMED_OUT)),
+            Ok(result) => result,
         }
     }
 
@@ -690,7 +664,7 @@ impl Retry {
 
 /// Whether a failed peer call never reached the peer (the connection could not
 /// be made), so that retrying it elsewhere cannot apply it twice.
-fn never_sent(status: &Status) -> bool {
+pub(crate) fn never_sent(status: &Status) -> bool {
     use std::error::Error as _;
     if status.code() != Code::Unavailable {
         return false;

@@ -6,6 +6,8 @@
 //! `CommandBatch` entry (applied command by command, each with its own
 //! revision), and hands out each command's response. While a batch is in
 //! flight the next one fills up: the busier the leader, the bigger the batch.
+//! A proposal may carry several commands (a follower's forwarded batch): they
+//! go into one entry together and share its fate.
 
 use std::sync::Arc;
 
@@ -27,10 +29,10 @@ pub const BATCHES_IN_FLIGHT_MAX: usize = 8;
 /// Proposals waiting for a batch, at most; callers wait beyond that.
 pub const PROPOSALS_QUEUED_MAX: usize = 16_384;
 
-type Reply = oneshot::Sender<Result<CommandResponse, Status>>;
+type Reply = oneshot::Sender<Result<Vec<CommandResponse>, Status>>;
 
 struct Proposal {
-    command: Command,
+    commands: Vec<Command>,
     reply: Reply,
 }
 
@@ -61,9 +63,24 @@ impl Proposer {
     /// Proposes one command on this member (the leader) and waits until it is
     /// applied. `NOT_LEADER` when this member does not lead.
     pub async fn propose(&self, command: Command) -> Result<CommandResponse, Status> {
+        let mut responses = self.propose_all(vec![command]).await?;
+        Ok(responses.pop().expect("one response per command"))
+    }
+
+    /// Proposes `commands` in one log entry (they commit or fail together)
+    /// and returns their responses in order.
+    pub async fn propose_all(&self, commands: Vec<Command>) -> Result<Vec<CommandResponse>, Status> {
+        assert!(!commands.is_empty(), "a proposal carries a command");
+        assert!(
+            commands.iter().all(|c| !matches!(c.kind, Some(command::Kind::Batch(_)))),
+            "batches are not nested"
+        );
+        let count = commands.len();
         let (reply, response) = oneshot::channel();
-        self.queue.send(Proposal { command, reply }).await.map_err(|_| stopped())?;
-        response.await.map_err(|_| stopped())?
+        self.queue.send(Proposal { commands, reply }).await.map_err(|_| stopped())?;
+        let responses = response.await.map_err(|_| stopped())??;
+        assert_eq!(responses.len(), count, "one response per command");
+        Ok(responses)
     }
 }
 
@@ -72,19 +89,26 @@ async fn run(raft: Raft, mut proposals: mpsc::Receiver<Proposal>) {
     while let Some(first) = proposals.recv().await {
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
         // Take everything that is waiting, within the limits.
-        let mut bytes = first.command.encoded_len();
+        let encoded = |p: &Proposal| p.commands.iter().map(Message::encoded_len).sum::<usize>();
+        let mut bytes = encoded(&first);
+        let mut count = first.commands.len();
         let mut batch = vec![first];
-        while batch.len() < BATCH_COMMANDS_MAX && bytes < BATCH_BYTES_MAX {
+        while count < BATCH_COMMANDS_MAX && bytes < BATCH_BYTES_MAX {
             match proposals.try_recv() {
                 Ok(next) => {
-                    bytes += next.command.encoded_len();
+                    bytes += encoded(&next);
+                    count += next.commands.len();
                     batch.push(next);
                 }
                 Err(_) => break,
             }
         }
-        let (commands, replies): (Vec<Command>, Vec<Reply>) =
-            batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+        let mut commands = Vec::with_capacity(count);
+        let mut replies = Vec::with_capacity(batch.len());
+        for proposal in batch {
+            replies.push((proposal.commands.len(), proposal.reply));
+            commands.extend(proposal.commands);
+        }
         let entry = if commands.len() == 1 {
             commands.into_iter().next().expect("one command")
         } else {
@@ -94,7 +118,7 @@ async fn run(raft: Raft, mut proposals: mpsc::Receiver<Proposal>) {
             Ok(receiver) => receiver,
             Err(e) => {
                 let status = Status::unavailable(format!("etcdserver: server stopped: {e}"));
-                for reply in replies {
+                for (_, reply) in replies {
                     let _ = reply.send(Err(status.clone()));
                 }
                 continue;
@@ -115,25 +139,22 @@ async fn run(raft: Raft, mut proposals: mpsc::Receiver<Proposal>) {
     }
 }
 
-/// Gives each waiting caller its own response (or the batch's error).
-fn distribute(outcome: Result<CommandResponse, Status>, replies: Vec<Reply>) {
-    match outcome {
+/// Gives each waiting caller its own responses (or the batch's error).
+fn distribute(outcome: Result<CommandResponse, Status>, replies: Vec<(usize, Reply)>) {
+    let responses = match outcome {
         Err(status) => {
-            for reply in replies {
+            for (_, reply) in replies {
                 let _ = reply.send(Err(status.clone()));
             }
+            return;
         }
-        Ok(CommandResponse { kind: Some(command_response::Kind::Batch(batch)), .. }) => {
-            assert_eq!(batch.responses.len(), replies.len(), "one response per batched command");
-            for (reply, response) in replies.into_iter().zip(batch.responses) {
-                let _ = reply.send(Ok(response));
-            }
-        }
-        Ok(single) => {
-            assert_eq!(replies.len(), 1, "an unbatched entry answers one caller");
-            for reply in replies {
-                let _ = reply.send(Ok(single.clone()));
-            }
-        }
+        Ok(CommandResponse { kind: Some(command_response::Kind::Batch(batch)), .. }) => batch.responses,
+        Ok(single) => vec![single],
+    };
+    let wanted: usize = replies.iter().map(|(count, _)| count).sum();
+    assert_eq!(responses.len(), wanted, "one response per batched command");
+    let mut responses = responses.into_iter();
+    for (count, reply) in replies {
+        let _ = reply.send(Ok(responses.by_ref().take(count).collect()));
     }
 }

@@ -189,6 +189,7 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
         node.bootstrap().await.map_err(|e| ServerError::Raft(e.message().to_string()))?;
     }
     let read_rounds = tokio::spawn(node.clone().run_read_rounds());
+    let forwards = tokio::spawn(node.clone().run_forwards());
     let elections = tokio::spawn(node.clone().run_elections());
     let publisher = tokio::spawn(node.clone().publish_attributes());
     let lease_clock = tokio::spawn(node.clone().run_lease_expiry());
@@ -207,6 +208,7 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
     tracing::info!("member stopping");
     publisher.abort();
     read_rounds.abort();
+    forwards.abort();
     elections.abort();
     lease_clock.abort();
     promoter.abort();

@@ -1,0 +1,210 @@
+//! Forwarding a follower's writes to the leader, batched.
+//!
+//! A follower does not propose: it sends each client write to the leader with
+//! `Peer.Propose`. One RPC per write would cost both members a gRPC call per
+//! put; instead every write waiting when a forward starts goes in one
+//! `CommandBatch`, which the leader proposes as one log entry (the commands
+//! commit or fail together), and each caller gets its own response back. The
+//! busier the follower, the bigger the batch, as with the leader's proposer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use etcd_proto::fivefoldpb::{
+    command, command_response, Command, CommandBatch, CommandResponse, ProposeRequest,
+};
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
+use tonic::Status;
+
+use crate::node::{never_sent, StoreNode, LEADER_CHANGED, NOT_LEADER, REQUEST_TIMED_OUT};
+use crate::proposer::{BATCH_BYTES_MAX, BATCH_COMMANDS_MAX};
+use crate::types::{Member, NodeId};
+
+/// Writes waiting to be forwarded, at most; callers wait beyond that.
+pub const FORWARDS_QUEUED_MAX: usize = 16_384;
+/// Forward RPCs in flight at once, at most.
+pub const FORWARDS_IN_FLIGHT_MAX: usize = 8;
+
+type Reply = oneshot::Sender<Result<CommandResponse, Status>>;
+
+/// One write on its way to the leader.
+pub struct Forward {
+    leader_id: NodeId,
+    leader: Member,
+    command: Command,
+    deadline: Instant,
+    reply: Reply,
+}
+
+pub type ForwardQueue = mpsc::Receiver<Forward>;
+
+pub fn queue() -> (mpsc::Sender<Forward>, ForwardQueue) {
+    mpsc::channel(FORWARDS_QUEUED_MAX)
+}
+
+fn stopped() -> Status {
+    Status::unavailable("etcdserver: server stopped")
+}
+
+impl StoreNode {
+    /// Sends `command` to the leader `leader_id` with whatever else is
+    /// waiting, and waits for its response until `deadline`.
+    pub(crate) async fn forward(
+        &self,
+        leader_id: NodeId,
+        leader: &Member,
+        command: Command,
+        deadline: Instant,
+    ) -> Result<CommandResponse, Status> {
+        let (reply, response) = oneshot::channel();
+        let forward = Forward { leader_id, leader: leader.clone(), command, deadline, reply };
+        self.forwards.send(forward).await.map_err(|_| stopped())?;
+        match tokio::time::timeout_at(deadline, response).await {
+            Err(_) => Err(Status::unavailable(REQUEST_TIMED_OUT)),
+            Ok(Err(_)) => Err(stopped()),
+            Ok(Ok(outcome)) => outcome,
+        }
+    }
+
+    /// Takes the waiting writes, one batch per leader, one RPC per batch.
+    /// Runs until the member stops.
+    pub async fn run_forwards(self: Arc<Self>) {
+        let Some(mut queue) = self.forward_queue.lock().expect("forward queue lock").take() else { return };
+        let in_flight = Arc::new(Semaphore::new(FORWARDS_IN_FLIGHT_MAX));
+        while let Some(first) = queue.recv().await {
+            let mut waiting = vec![first];
+            while waiting.len() < BATCH_COMMANDS_MAX {
+                match queue.try_recv() {
+                    Ok(next) => waiting.push(next),
+                    Err(_) => break,
+                }
+            }
+            for batch in batches(waiting) {
+                let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+                let node = self.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    node.forward_batch(batch).await;
+                });
+            }
+        }
+    }
+
+    async fn forward_batch(&self, batch: Vec<Forward>) {
+        let deadline = batch.iter().map(|f| f.deadline).max().expect("a batch is not empty");
+        let (leader_id, leader) = (batch[0].leader_id, batch[0].leader.clone());
+        let (commands, replies): (Vec<Command>, Vec<Reply>) =
+            batch.into_iter().filter(|f| !f.reply.is_closed()).map(|f| (f.command, f.reply)).unzip();
+        if commands.is_empty() {
+            return;
+        }
+        match self.propose_at(leader_id, &leader, commands, deadline).await {
+            Ok(responses) => {
+                for (reply, response) in replies.into_iter().zip(responses) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Err(status) => {
+                for reply in replies {
+                    let _ = reply.send(Err(status.clone()));
+                }
+            }
+        }
+    }
+
+    /// One `Peer.Propose` of `commands` to the leader; their responses in order.
+    async fn propose_at(
+        &self,
+        leader_id: NodeId,
+        leader: &Member,
+        commands: Vec<Command>,
+        deadline: Instant,
+    ) -> Result<Vec<CommandResponse>, Status> {
+        let count = commands.len();
+        let url = leader.peer_urls.first().ok_or_else(|| Status::unavailable(crate::node::NO_LEADER))?;
+        let mut client = self.peer(url).await?;
+        let command = if count == 1 {
+            commands.into_iter().next().expect("one command")
+        } else {
+            Command { kind: Some(command::Kind::Batch(CommandBatch { commands })) }
+        };
+        let mut request = tonic::Request::new(ProposeRequest { command: Some(command) });
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        // A leader that went silent is given up once a successor is known, as
+        // etcd does: the outcome is unknown ("leader changed"), but the client
+        // learns it now instead of at its deadline and can retry elsewhere.
+        // Leadership moved before sending: nothing was sent, look again.
+        if self.raft.metrics().borrow().current_leader != Some(leader_id) {
+            return Err(Status::unavailable(NOT_LEADER));
+        }
+        let answer = tokio::select! {
+            biased;
+            answer = tokio::time::timeout_at(deadline, client.propose(request)) => match answer {
+                Ok(answer) => answer,
+                Err(_) => return Err(Status::unavailable(REQUEST_TIMED_OUT)),
+            },
+            _ = self.successor_of(leader_id) => {
+                tracing::debug!(leader = %leader, "the leader was replaced while forwarded writes were in flight");
+                return Err(Status::unavailable(LEADER_CHANGED));
+            }
+        };
+        let response = match answer {
+            Ok(reply) => reply
+                .into_inner()
+                .response
+                .ok_or_else(|| Status::internal("etcdserver: leader sent an empty response"))?,
+            Err(status) if status.message() == NOT_LEADER => return Err(status),
+            // The leader could not be reached at all: nothing was sent, so the
+            // writes can go to whoever leads next.
+            Err(status) if never_sent(&status) => {
+                tracing::debug!(%status, leader = %leader, "leader unreachable; waiting for the next one");
+                return Err(Status::unavailable(NOT_LEADER));
+            }
+            // The leader may or may not have the writes: the outcome is unknown.
+            Err(status) => {
+                tracing::debug!(%status, leader = %leader, "forwarding writes failed");
+                return Err(Status::unavailable(REQUEST_TIMED_OUT));
+            }
+        };
+        let responses = match (count, response) {
+            (1, single) => vec![single],
+            (_, CommandResponse { kind: Some(command_response::Kind::Batch(batch)), .. }) => batch.responses,
+            (_, other) => {
+                return Err(Status::internal(format!("etcdserver: leader answered a batch with {other:?}")))
+            }
+        };
+        if responses.len() != count {
+            return Err(Status::internal(
+                "etcdserver: leader answered a batch with the wrong number of responses",
+            ));
+        }
+        Ok(responses)
+    }
+}
+
+/// Splits waiting writes into batches: one leader each (leadership may have
+/// moved between them), within the proposer's size limits.
+fn batches(waiting: Vec<Forward>) -> Vec<Vec<Forward>> {
+    let mut by_leader: BTreeMap<NodeId, Vec<Forward>> = BTreeMap::new();
+    for forward in waiting {
+        by_leader.entry(forward.leader_id).or_default().push(forward);
+    }
+    let mut out = Vec::new();
+    for (_, forwards) in by_leader {
+        let mut batch: Vec<Forward> = Vec::new();
+        let mut bytes = 0;
+        for forward in forwards {
+            let size = forward.command.encoded_len();
+            if !batch.is_empty() && (bytes + size > BATCH_BYTES_MAX || batch.len() >= BATCH_COMMANDS_MAX) {
+                out.push(std::mem::take(&mut batch));
+                bytes = 0;
+            }
+            bytes += size;
+            batch.push(forward);
+        }
+        out.push(batch);
+    }
+    out
+}
