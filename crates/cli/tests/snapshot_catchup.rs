@@ -95,6 +95,34 @@ async fn lagging_follower_catches_up_by_snapshot() {
         })
         .await;
         assert_eq!(header_revision(&local), last + 20);
+
+        // The old leader, whose log was purged behind ten snapshot points,
+        // restarts from its own database and log: no snapshot data file
+        // exists, and it still holds every key.
+        cluster.kill(leader).unwrap();
+        let data_file = cluster.data_dir(leader).join("snap/snapshot.data");
+        assert!(!data_file.exists(), "snapshots write no copy of the state: {}", data_file.display());
+        cluster.restart(leader).await.unwrap_or_else(|e| panic!("restart: {e:#}"));
+        let restarted = cluster.client(leader).await;
+        poll_until(Duration::from_secs(30), "restarted leader holds every key", || {
+            let mut restarted = restarted.clone();
+            async move {
+                let snap = local_prefix(&mut restarted, PREFIX).await.map_err(|e| e.to_string())?;
+                let after = local_prefix(&mut restarted, "after/").await.map_err(|e| e.to_string())?;
+                if snap.kvs().len() == KEYS && after.kvs().len() == 20 && header_revision(&after) == last + 20
+                {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{} + {} keys at revision {}",
+                        snap.kvs().len(),
+                        after.kvs().len(),
+                        header_revision(&after)
+                    ))
+                }
+            }
+        })
+        .await;
     })
     .await;
 }

@@ -3,8 +3,17 @@
 //!
 //! The MVCC database commits lazily (a durable commit at most every
 //! `PERSIST_INTERVAL`); on restart openraft re-applies the log from the applied
-//! id the database last made durable. A snapshot is made durable before it is
-//! handed out, so the log behind it can be purged.
+//! id the database last made durable.
+//!
+//! Snapshots cost nothing until a follower needs one. The MVCC database is
+//! itself the durable state, so "building" a snapshot (which openraft does to
+//! purge the log) only makes the database durable and records the applied id
+//! it holds (`snap/snapshot.meta`); openraft keeps only that meta. When a
+//! snapshot is read (to send to a follower, or at start), its bytes are
+//! written from a consistent read of the database at that moment, made
+//! durable first, with the applied id and membership the data itself holds —
+//! so meta and data always agree, and the log behind the meta is never needed
+//! again. No copy of the whole state is written to disk per snapshot.
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -53,7 +62,8 @@ pub const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 const META_APPLIED: &str = "ext/raft_applied";
 const META_MEMBERSHIP: &str = "ext/raft_membership";
 const SNAPSHOT_META_FILE: &str = "snapshot.meta";
-const SNAPSHOT_DATA_FILE: &str = "snapshot.data";
+/// Written by versions that kept a full copy per snapshot; removed when seen.
+const OLD_SNAPSHOT_DATA_FILE: &str = "snapshot.data";
 
 fn sm_error(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
     StorageError::from_io_error(ErrorSubject::StateMachine, verb, std::io::Error::other(e.to_string()))
@@ -103,56 +113,70 @@ fn empty_response(revision: i64) -> Response {
     Response(CommandResponse { kind: Some(command_response::Kind::Empty(Empty {})), revision })
 }
 
-/// Writes the snapshot files: data first, then meta, each by rename, so a crash
-/// leaves either the old pair or the new one readable.
-fn save_snapshot(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-    let write = |name: &str, bytes: &[u8]| -> std::io::Result<()> {
-        let tmp = dir.join(format!("{name}.tmp"));
-        std::fs::write(&tmp, bytes)?;
+/// Records `meta` as the latest snapshot (by rename, durably), and drops a
+/// data file left by earlier versions.
+fn save_meta(dir: &Path, meta: &SnapshotMeta) -> Result<(), StorageError> {
+    let bytes = bincode::serialize(meta).map_err(|e| snap_error(ErrorVerb::Write, e))?;
+    let tmp = dir.join(format!("{SNAPSHOT_META_FILE}.tmp"));
+    let write = || -> std::io::Result<()> {
+        std::fs::write(&tmp, &bytes)?;
         std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, dir.join(name))
+        std::fs::rename(&tmp, dir.join(SNAPSHOT_META_FILE))?;
+        std::fs::File::open(dir)?.sync_all()?;
+        match std::fs::remove_file(dir.join(OLD_SNAPSHOT_DATA_FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     };
-    let meta_bytes = bincode::serialize(meta).map_err(|e| snap_error(ErrorVerb::Write, e))?;
-    write(SNAPSHOT_DATA_FILE, data).map_err(|e| snap_error(ErrorVerb::Write, e))?;
-    write(SNAPSHOT_META_FILE, &meta_bytes).map_err(|e| snap_error(ErrorVerb::Write, e))?;
-    Ok(())
+    write().map_err(|e| snap_error(ErrorVerb::Write, e))
 }
 
-fn load_snapshot(dir: &Path) -> Result<Option<Snapshot>, StorageError> {
-    let meta_path = dir.join(SNAPSHOT_META_FILE);
-    if !meta_path.exists() {
-        return Ok(None);
-    }
-    let meta_bytes = std::fs::read(&meta_path).map_err(|e| snap_error(ErrorVerb::Read, e))?;
-    let meta: SnapshotMeta = bincode::deserialize(&meta_bytes).map_err(|e| snap_error(ErrorVerb::Read, e))?;
-    let data = std::fs::read(dir.join(SNAPSHOT_DATA_FILE)).map_err(|e| snap_error(ErrorVerb::Read, e))?;
-    Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+fn has_snapshot(dir: &Path) -> bool {
+    dir.join(SNAPSHOT_META_FILE).exists()
 }
 
-/// Builds snapshots while the state machine goes on applying.
+/// A snapshot of the database as it is now: durable first, its meta read
+/// from the data itself.
+fn current_snapshot(mvcc: &MvccStore) -> Result<Snapshot, StorageError> {
+    let mut data = Vec::new();
+    let (summary, external) = mvcc.write_snapshot(&mut data).map_err(|e| snap_error(ErrorVerb::Write, e))?;
+    let find = |key: &str| external.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_slice());
+    let last_log_id: Option<LogId> = find(META_APPLIED).map(decode).transpose()?.flatten();
+    let last_membership: StoredMembership =
+        find(META_MEMBERSHIP).map(decode).transpose()?.unwrap_or_default();
+    let snapshot_id = match last_log_id {
+        Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, summary.rows),
+        None => format!("empty-{}", summary.rows),
+    };
+    tracing::info!(?last_log_id, rows = summary.rows, bytes = summary.bytes, "wrote a snapshot of the state");
+    let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
+    Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+}
+
+/// "Builds" snapshots: makes the database durable and records what it holds.
 pub struct SnapshotBuilder {
     mvcc: Arc<MvccStore>,
     snapshot_dir: PathBuf,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    /// openraft keeps only the meta of a built snapshot (it reads data with
+    /// `get_current_snapshot`), so none is produced here.
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         tokio::task::block_in_place(|| {
-            let mut data = Vec::new();
-            let (summary, external) =
-                self.mvcc.write_snapshot(&mut data).map_err(|e| snap_error(ErrorVerb::Write, e))?;
-            let find = |key: &str| external.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_slice());
-            let last_log_id: Option<LogId> = find(META_APPLIED).map(decode).transpose()?.flatten();
+            self.mvcc.persist().map_err(|e| snap_error(ErrorVerb::Write, e))?;
+            let read = |key: &str| self.mvcc.get_meta(key).map_err(|e| sm_error(ErrorVerb::Read, e));
+            let last_log_id: Option<LogId> = read(META_APPLIED)?.map(|b| decode(&b)).transpose()?.flatten();
             let last_membership: StoredMembership =
-                find(META_MEMBERSHIP).map(decode).transpose()?.unwrap_or_default();
+                read(META_MEMBERSHIP)?.map(|b| decode(&b)).transpose()?.unwrap_or_default();
             let snapshot_id = match last_log_id {
-                Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, summary.rows),
-                None => format!("empty-{}", summary.rows),
+                Some(id) => format!("{}-{}", id.leader_id.term, id.index),
+                None => "empty".to_string(),
             };
             let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
-            save_snapshot(&self.snapshot_dir, &meta, &data)?;
-            tracing::info!(last_log_id = ?meta.last_log_id, rows = summary.rows, bytes = summary.bytes, "built snapshot");
-            Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+            save_meta(&self.snapshot_dir, &meta)?;
+            tracing::info!(last_log_id = ?meta.last_log_id, "snapshot point recorded (state made durable)");
+            Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) })
         })
     }
 }
@@ -264,7 +288,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .put_meta(META_MEMBERSHIP, &encode(&meta.last_membership)?)
                 .map_err(|e| sm_error(ErrorVerb::Write, e))?;
             batch.commit(true).map_err(|e| sm_error(ErrorVerb::Write, e))?;
-            save_snapshot(&self.snapshot_dir, meta, &data)?;
+            save_meta(&self.snapshot_dir, meta)?;
             let (revision, compacted) = self.mvcc.revisions().map_err(|e| sm_error(ErrorVerb::Read, e))?;
             self.watch_hub.reset(revision, compacted);
             self.lessor.load(&self.mvcc.leases().map_err(|e| sm_error(ErrorVerb::Read, e))?);
@@ -274,6 +298,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        tokio::task::block_in_place(|| load_snapshot(&self.snapshot_dir))
+        if !has_snapshot(&self.snapshot_dir) {
+            return Ok(None);
+        }
+        tokio::task::block_in_place(|| current_snapshot(&self.mvcc)).map(Some)
     }
 }
