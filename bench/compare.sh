@@ -16,35 +16,10 @@ MEMBERS=${MEMBERS:-3}
 ROUNDS=${ROUNDS:-3}
 FIVEFOLD=${FIVEFOLD:-target/release/fivefold}
 WORK=$(mktemp -d /tmp/fivefold-compare.XXXXXX)
-PIDS=()
-
-cleanup() {
-    # start() runs in a command substitution, so its members are in the pid files.
-    local pids pid
-    pids=("${PIDS[@]}" $(cat "$WORK"/*.pids 2>/dev/null))
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for _ in $(seq 100); do
-        alive=0
-        # Zombies count as gone: nothing may reap members whose parent exited.
-        for pid in "${pids[@]}"; do grep -qs '^State:[[:space:]]*[^Z]' "/proc/$pid/status" && alive=1; done
-        [ $alive = 0 ] && break
-        sleep 0.1
-    done
-    # Still running after 10 s: the next run must not meet them on its ports.
-    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    [ -n "${KEEP:-}" ] || rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-if ! command -v etcd >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
-    else
-        echo "etcd not found: apt-get install etcd-server" >&2; exit 1
-    fi
-fi
-[ -x "$FIVEFOLD" ] || cargo build --release -p cli
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+trap 'stop_members; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
+ensure_tools
 
 # The workloads: name, then fivefold bench arguments (etcd's benchmark shapes).
 WORKLOADS=(
@@ -55,48 +30,6 @@ WORKLOADS=(
     "range-s-1000x100|range --clients 1000 --conns 100 --total 40000 --consistency s"
     "txn-put-100x10|txn-put --clients 100 --conns 10 --total 10000 --key-space-size 1000"
 )
-
-# start SYSTEM BASEPORT: starts MEMBERS members; prints the client endpoints.
-start() {
-    local system=$1 base=$2 cluster="" endpoints="" i
-    for ((i = 0; i < MEMBERS; i++)); do
-        cluster+="${cluster:+,}m$i=http://127.0.0.1:$((base + 10 * i + 1))"
-        endpoints+="${endpoints:+,}127.0.0.1:$((base + 10 * i))"
-    done
-    for ((i = 0; i < MEMBERS; i++)); do
-        local client=$((base + 10 * i)) peer=$((base + 10 * i + 1)) dir="$WORK/$system-m$i"
-        local args=(--name "m$i" --data-dir "$dir" --listen-client-urls "http://127.0.0.1:$client"
-            --advertise-client-urls "http://127.0.0.1:$client" --listen-peer-urls "http://127.0.0.1:$peer"
-            --initial-advertise-peer-urls "http://127.0.0.1:$peer" --initial-cluster "$cluster"
-            --initial-cluster-state new --initial-cluster-token "compare-$$")
-        if [ "$system" = etcd ]; then
-            etcd "${args[@]}" >"$WORK/$system-m$i.log" 2>&1 &
-        else
-            "$FIVEFOLD" store "${args[@]}" >"$WORK/$system-m$i.log" 2>&1 &
-        fi
-        PIDS+=($!)
-        echo $! >>"$WORK/$system.pids"
-    done
-    # Ready when a write goes through.
-    for _ in $(seq 1 100); do
-        if "$FIVEFOLD" bench put --endpoints "$endpoints" --total 1 --time-limit 2s >/dev/null 2>&1; then
-            echo "$endpoints"; return 0
-        fi
-        sleep 0.1
-    done
-    echo "$system did not start; the end of its logs:" >&2
-    tail -n 5 "$WORK/$system"-*.log >&2
-    exit 1
-}
-
-peak_rss_mib() {
-    local total=0 pid kb
-    for pid in $(cat "$WORK/$1.pids"); do
-        kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-        total=$((total > kb ? total : kb))
-    done
-    echo $((total / 1024))
-}
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); etcd $(etcd --version | head -1 | awk '{print $3}'); $MEMBERS members; $ROUNDS rounds"
 ETCD=$(start etcd 32379)
@@ -114,7 +47,7 @@ for entry in "${WORKLOADS[@]}"; do
         done
     done
 done
-python3 - "$RESULTS" "$(peak_rss_mib fivefold)" "$(peak_rss_mib etcd)" <<'PY'
+python3 - "$RESULTS" "$(rss_mib fivefold VmHWM)" "$(rss_mib etcd VmHWM)" <<'PY'
 import json, statistics, sys
 rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]
 names = list(dict.fromkeys(r[0] for r in rows))

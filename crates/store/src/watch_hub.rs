@@ -15,6 +15,18 @@ use tokio::sync::watch;
 
 /// Events kept in memory for watchers that are close to the head.
 pub const WATCH_WINDOW_EVENTS_MAX: usize = 65_536;
+/// Bytes of keys and values those events may hold: with large values the
+/// window is bounded by this, not by the event count (65,536 events of
+/// 64 KiB values would be 4 GiB).
+pub const WATCH_WINDOW_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// What an event keeps in memory, roughly: its keys and values.
+fn event_bytes(event: &Event) -> usize {
+    const OVERHEAD: usize = 64;
+    let kv_bytes =
+        |kv: &Option<etcd_proto::mvccpb::KeyValue>| kv.as_ref().map_or(0, |kv| kv.key.len() + kv.value.len());
+    OVERHEAD + kv_bytes(&event.kv) + kv_bytes(&event.prev_kv)
+}
 
 /// One revision's events, shared by every watcher that reads them.
 pub type RevisionEvents = (i64, Arc<[Event]>);
@@ -22,6 +34,7 @@ pub type RevisionEvents = (i64, Arc<[Event]>);
 struct Window {
     revisions: VecDeque<RevisionEvents>,
     events: usize,
+    bytes: usize,
     /// The window holds every change of every revision from here on.
     complete_from: i64,
     /// The store's compacted revision: history below it is gone for watchers,
@@ -46,6 +59,7 @@ impl WatchHub {
         let window = Window {
             revisions: VecDeque::new(),
             events: 0,
+            bytes: 0,
             complete_from: revision + 1,
             compacted: i64::MIN,
         };
@@ -78,11 +92,13 @@ impl WatchHub {
                     assert!(rev > *last, "watch events are published in revision order");
                 }
                 window.events += group.len();
+                window.bytes += group.iter().map(event_bytes).sum::<usize>();
                 window.revisions.push_back((rev, group.into()));
             }
-            while window.events > WATCH_WINDOW_EVENTS_MAX {
+            while window.events > WATCH_WINDOW_EVENTS_MAX || window.bytes > WATCH_WINDOW_BYTES_MAX {
                 let Some((rev, events)) = window.revisions.pop_front() else { break };
                 window.events -= events.len();
+                window.bytes -= events.iter().map(event_bytes).sum::<usize>();
                 window.complete_from = rev + 1;
             }
         }
@@ -97,6 +113,7 @@ impl WatchHub {
             window.compacted = compacted;
             window.revisions.clear();
             window.events = 0;
+            window.bytes = 0;
             window.complete_from = revision + 1;
         }
         self.published.send_replace(revision);
@@ -171,6 +188,24 @@ mod tests {
         hub.publish(many, 3 + WATCH_WINDOW_EVENTS_MAX as i64, 3);
         assert!(hub.window(3, 10, 100).unwrap().is_none(), "evicted revisions are read from disk");
         assert!(hub.window(4, 10, 100).unwrap().is_some(), "the newest revisions stay");
+        // Large values: the byte bound evicts long before the event count.
+        let value_bytes = 1024 * 1024;
+        let big = |rev: i64| Event {
+            kv: Some(KeyValue {
+                key: b"k".to_vec(),
+                value: vec![1; value_bytes],
+                mod_revision: rev,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let first = 4 + WATCH_WINDOW_EVENTS_MAX as i64;
+        let count = (2 * WATCH_WINDOW_BYTES_MAX / value_bytes) as i64;
+        hub.publish((first..first + count).map(big).collect(), first + count - 1, 3);
+        let held = hub.window.lock().unwrap().bytes;
+        assert!(held <= WATCH_WINDOW_BYTES_MAX, "the window holds {held} bytes");
+        assert!(hub.window(first, first, 100).unwrap().is_none(), "the oldest large revisions went to disk");
+        assert!(hub.window(first + count - 1, first + count - 1, 100).unwrap().is_some());
         hub.reset(100_000, 3);
         assert!(hub.window(99_999, 100_000, 100).unwrap().is_none());
         assert_eq!(hub.window(100_001, 100_001, 100).unwrap().unwrap().0.len(), 0);

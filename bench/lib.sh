@@ -1,0 +1,78 @@
+# Shared by the benchmark scripts: start fivefold or etcd clusters on
+# loopback with etcd's flag names, find peak and current RSS, clean up.
+# Source it after setting WORK (a scratch directory), MEMBERS and FIVEFOLD.
+
+PIDS=()
+
+# Stops every member this script started (start() runs in a command
+# substitution, so its members are in the pid files), waits up to 10 s for
+# them to exit, then kills what is left: the next run must not meet them.
+stop_members() {
+    local pids pid alive
+    pids=("${PIDS[@]}" $(cat "$WORK"/*.pids 2>/dev/null || true))
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for _ in $(seq 100); do
+        alive=0
+        # Zombies count as gone: nothing may reap members whose parent exited.
+        for pid in "${pids[@]}"; do grep -qs '^State:[[:space:]]*[^Z]' "/proc/$pid/status" && alive=1; done
+        [ $alive = 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    rm -f "$WORK"/*.pids
+}
+
+ensure_tools() {
+    if ! command -v etcd >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ]; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
+        else
+            echo "etcd not found: apt-get install etcd-server" >&2; exit 1
+        fi
+    fi
+    [ -x "$FIVEFOLD" ] || cargo build --release -p cli
+}
+
+# start SYSTEM BASEPORT [EXTRA FLAGS...]: starts MEMBERS members; prints the
+# client endpoints once a write goes through.
+start() {
+    local system=$1 base=$2 cluster="" endpoints="" i
+    shift 2
+    for ((i = 0; i < MEMBERS; i++)); do
+        cluster+="${cluster:+,}m$i=http://127.0.0.1:$((base + 10 * i + 1))"
+        endpoints+="${endpoints:+,}127.0.0.1:$((base + 10 * i))"
+    done
+    for ((i = 0; i < MEMBERS; i++)); do
+        local client=$((base + 10 * i)) peer=$((base + 10 * i + 1)) dir="$WORK/$system-m$i"
+        local args=(--name "m$i" --data-dir "$dir" --listen-client-urls "http://127.0.0.1:$client"
+            --advertise-client-urls "http://127.0.0.1:$client" --listen-peer-urls "http://127.0.0.1:$peer"
+            --initial-advertise-peer-urls "http://127.0.0.1:$peer" --initial-cluster "$cluster"
+            --initial-cluster-state new --initial-cluster-token "bench-$$" "$@")
+        if [ "$system" = etcd ]; then
+            etcd "${args[@]}" >"$WORK/$system-m$i.log" 2>&1 &
+        else
+            "$FIVEFOLD" store "${args[@]}" >"$WORK/$system-m$i.log" 2>&1 &
+        fi
+        PIDS+=($!)
+        echo $! >>"$WORK/$system.pids"
+    done
+    for _ in $(seq 1 100); do
+        if "$FIVEFOLD" bench put --endpoints "$endpoints" --total 1 --time-limit 2s >/dev/null 2>&1; then
+            echo "$endpoints"; return 0
+        fi
+        sleep 0.1
+    done
+    echo "$system did not start; the end of its logs:" >&2
+    tail -n 5 "$WORK/$system"-*.log >&2
+    exit 1
+}
+
+# rss_mib SYSTEM FIELD: the largest member's VmHWM (peak) or VmRSS (now), MiB.
+rss_mib() {
+    local total=0 pid kb
+    for pid in $(cat "$WORK/$1.pids"); do
+        kb=$(awk -v f="$2:" '$1 == f {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+        total=$((total > ${kb:-0} ? total : ${kb:-0}))
+    done
+    echo $((total / 1024))
+}

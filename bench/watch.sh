@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Watch delivery side by side: W watchers on one prefix, puts at a fixed
+# rate, put → event latency and events missing, against fivefold and etcd
+# (MEMBERS each, both running, alternating), for each shape in SHAPES.
+#
+#   bench/watch.sh
+#   SHAPES="10000:1000:5000" bench/watch.sh     # watchers:puts per second:puts
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MEMBERS=${MEMBERS:-3}
+SHAPES=${SHAPES:-"1000:100:1000 10000:10:300 10000:1000:5000"}
+FIVEFOLD=${FIVEFOLD:-target/release/fivefold}
+WORK=$(mktemp -d /tmp/fivefold-watch.XXXXXX)
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+trap 'stop_members; rm -rf "$WORK"' EXIT
+ensure_tools
+
+echo "machine: $(nproc) cores; etcd $(etcd --version | head -1 | awk '{print $3}'); $MEMBERS members each"
+ETCD=$(start etcd 34379)
+FIVE=$(start fivefold 44379)
+for shape in $SHAPES; do
+    IFS=: read -r watchers rate puts <<<"$shape"
+    conns=$((watchers >= 10000 ? 30 : 10))
+    for system in fivefold etcd; do
+        endpoints=$FIVE; [ "$system" = etcd ] && endpoints=$ETCD
+        json=$("$FIVEFOLD" bench watch-latency --endpoints "$endpoints" --conns "$conns" --watchers "$watchers" \
+            --put-rate "$rate" --total "$puts" --time-limit 60s --json)
+        python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(f"{sys.argv[2]:<9} {sys.argv[3]:>6} watchers {sys.argv[4]:>5} puts/s {sys.argv[5]:>5} puts: p50 {r["p50_ms"]:8.2f} ms  p99 {r["p99_ms"]:8.2f} ms  missing {r.get("events_missing")} of {int(sys.argv[3])*int(sys.argv[5])}  events/s {r["qps"]:.0f}")' \
+            "$json" "$system" "$watchers" "$rate" "$puts"
+    done
+done
