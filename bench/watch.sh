@@ -26,7 +26,12 @@ for shape in $SHAPES; do
         endpoints=$FIVE; [ "$system" = etcd ] && endpoints=$ETCD
         json=$("$FIVEFOLD" bench watch-latency --endpoints "$endpoints" --conns "$conns" --watchers "$watchers" \
             --put-rate "$rate" --total "$puts" --time-limit 60s --json)
-        python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(f"{sys.argv[2]:<9} {sys.argv[3]:>6} watchers {sys.argv[4]:>5} puts/s {sys.argv[5]:>5} puts: p50 {r["p50_ms"]:8.2f} ms  p99 {r["p99_ms"]:8.2f} ms  missing {r.get("events_missing")} of {int(sys.argv[3])*int(sys.argv[5])}  events/s {r["qps"]:.0f}")' \
-            "$json" "$system" "$watchers" "$rate" "$puts"
+        python3 - "$json" "$system" "$watchers" "$rate" "$puts" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1])
+system, watchers, rate, puts = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+print(f"{system:<9} {watchers:>6} watchers {rate:>5} puts/s {puts:>5} puts: p50 {r['p50_ms']:8.2f} ms"
+      f"  p99 {r['p99_ms']:8.2f} ms  missing {r.get('events_missing')} of {watchers * puts}  events/s {r['qps']:.0f}")
+PY
     done
 done
