@@ -651,10 +651,20 @@ async fn replacement_member_catches_up_by_snapshot_before_it_votes() {
         let installed = installed.unwrap_or_else(|| {
             panic!("the new member never installed a snapshot; its log:\n{}", cluster.log(new))
         });
-        let promotion_line = ["caught-up member promoted to voter", &format!("member={new_id:x}")];
-        let promoted =
-            (0..cluster.len()).find_map(|index| first_log_time(&cluster.log(index), &promotion_line));
-        let promoted = promoted.unwrap_or_else(|| panic!("no member logged {promotion_line:?}"));
+        // The new member counts as a voter from the joint configuration on; the
+        // leader logs the promotion once the final one is committed, a moment later.
+        let member = format!("member={new_id:x}");
+        let promoted = poll_until(STEP_LIMIT, "the leader logs the promotion", || {
+            let logs: Vec<String> = (0..cluster.len()).map(|index| cluster.log(index)).collect();
+            let member = member.clone();
+            async move {
+                let line = ["caught-up member promoted to voter", member.as_str()];
+                logs.iter()
+                    .find_map(|log| first_log_time(log, &line))
+                    .ok_or_else(|| format!("no member logged {line:?}"))
+            }
+        })
+        .await;
         assert!(
             installed < promoted,
             "the new member was promoted at {promoted} but installed the snapshot only at {installed}"
