@@ -2,11 +2,11 @@
 //! openraft.
 //!
 //! Owns the gRPC services clients see (`etcdserverpb.KV`, `Maintenance`,
-//! `Cluster`) and the one members use among themselves (`fivefoldpb.Peer`), the
-//! Raft log (segment files from the `wal` crate, one fdatasync per group of
-//! appends), the state machine glue and
-//! snapshots, the peer transport, the write path (propose, forwarded from a
-//! follower to the leader) and the linearizable read path (ReadIndex).
+//! `Cluster`) and the one members use among themselves (`fivefoldpb.Peer`),
+//! the Raft log (segment files from the `wal` crate, one fdatasync per group
+//! of appends), the state machine glue and snapshots, the peer transport, the
+//! write path (propose, forwarded from a follower to the leader) and the
+//! linearizable read path (ReadIndex).
 //!
 //! Knows nothing of routing, registry or any platform component: they reach the
 //! store through the etcd API like any client. The MVCC semantics live in the
@@ -14,12 +14,17 @@
 //!
 //! Modules: `config` (flags, checked), `identity` (member and cluster ids,
 //! kept in the data dir), `membership` (Cluster API changes on openraft),
-//! `election` (pre-vote, then openraft's election), `leadership` (MoveLeader), `compactor` (automatic compaction), `faults` (test-only fault injection), `types` (Raft type config), `log_store`,
-//! `log_migrate` (moves a log kept in redb by earlier versions),
-//! `state_machine`, `network` (peer client), `peer_service`, `node` (request
-//! paths), `forwarder` (a follower's writes to the leader, batched), `kv_service`, `maintenance_service`, `cluster_service`, `placement`
-//! (key → Raft group), `grpc_status` (status codes aligned with grpc-go),
-//! `server` (assembly and lifecycle).
+//! `election` (pre-vote, then openraft's election), `leadership`
+//! (MoveLeader), `compactor` (automatic compaction), `faults` (test-only
+//! fault injection), `types` (Raft type config), `log_store` (the Raft log
+//! over `wal`), `log_migrate` (moves a log kept in redb by earlier
+//! versions), `state_machine`, `network` (peer client), `peer_service`,
+//! `node` (request paths), `proposer` (a leader's writes batched into one
+//! entry), `forwarder` (a follower's writes sent to the leader batched),
+//! `kv_service`, `watch_hub` + `watch_service`, `lease_service` + `lessor`,
+//! `maintenance_service`, `cluster_service`, `placement` (key → Raft group),
+//! `grpc_status` (status codes aligned with grpc-go), `server` (assembly and
+//! lifecycle).
 
 pub mod cluster_service;
 pub mod compactor;
