@@ -2,14 +2,13 @@
 # loopback with etcd's flag names, find peak and current RSS, clean up.
 # Source it after setting WORK (a scratch directory), MEMBERS and FIVEFOLD.
 
-PIDS=()
-
 # Stops every member this script started (start() runs in a command
-# substitution, so its members are in the pid files), waits up to 10 s for
-# them to exit, then kills what is left: the next run must not meet them.
+# substitution, so its members are known only from the pid files), waits up
+# to 10 s for them to exit, then kills what is left: the next run must not
+# meet them.
 stop_members() {
     local pids pid alive
-    pids=("${PIDS[@]}" $(cat "$WORK"/*.pids 2>/dev/null || true))
+    pids=($(cat "$WORK"/*.pids 2>/dev/null || true))
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     for _ in $(seq 100); do
         alive=0
@@ -53,7 +52,6 @@ start() {
         else
             "$FIVEFOLD" store "${args[@]}" >"$WORK/$system-m$i.log" 2>&1 &
         fi
-        PIDS+=($!)
         echo $! >>"$WORK/$system.pids"
     done
     for _ in $(seq 1 100); do

@@ -28,7 +28,7 @@ pub enum ChaosCommand {
 #[derive(Args, Clone)]
 pub struct Target {
     /// The --base-port `fivefold up` was started with.
-    #[arg(long, default_value_t = DEFAULT_BASE_PORT)]
+    #[arg(long, default_value_t = DEFAULT_BASE_PORT, value_parser = clap::value_parser!(u16).range(1..=crate::up::BASE_PORT_MAX))]
     pub base_port: u16,
 }
 

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{bin, bounded, start};
+use common::{bin, bounded, poll_until, start};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HttpClient;
@@ -132,8 +132,7 @@ async fn platform() -> Platform {
             instances.insert((unit.name.clone(), dc.clone()), address);
         }
     }
-    let joined =
-        endpoints.iter().map(|u| u.trim_start_matches("http://").to_string()).collect::<Vec<_>>().join(",");
+    let joined = endpoints.iter().map(|u| common::host_port(u)).collect::<Vec<_>>().join(",");
     let gateways = vec![start_gateway(&joined, "hz-a").await, start_gateway(&joined, "sh-a").await];
     let http = http();
     // Every gateway sees every instance registered.
@@ -277,7 +276,7 @@ async fn moving_25_shards_applies_within_a_second_under_load() {
                 }
             }));
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        wait_for(&answers, "answers before the move", |answers| !answers.is_empty()).await;
         // 13-24 move from rz-hz-a to rz-hz-b and 25-37 from rz-hz-b to rz-hz-a: 25 shards.
         let mut topology = UnitTopology::default_deployment();
         for unit in &mut topology.units {
@@ -301,7 +300,10 @@ async fn moving_25_shards_applies_within_a_second_under_load() {
             applied_after.push((gateway.dc, at.duration_since(published_at)));
         }
         let all_applied = published_at + applied_after.iter().map(|(_, d)| *d).max().unwrap();
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        wait_for(&answers, "more than 50 answers after the move", |answers| {
+            answers.iter().filter(|(began, _, _)| *began > all_applied).count() > 50
+        })
+        .await;
         stop.store(true, Ordering::SeqCst);
         for task in load {
             task.await.unwrap();
@@ -326,6 +328,21 @@ async fn moving_25_shards_applies_within_a_second_under_load() {
         }
         assert!(after.len() > 50, "load kept running after the change ({})", after.len());
         assert!(misrouted.is_empty(), "misrouted after the change: {:?}", &misrouted[..misrouted.len().min(5)]);
+    })
+    .await;
+}
+
+/// Waits until what the load tasks recorded in `shared` satisfies `done`.
+async fn wait_for<T>(shared: &Arc<Mutex<Vec<T>>>, what: &str, done: impl Fn(&[T]) -> bool) {
+    poll_until(Duration::from_secs(30), what, || {
+        let reached = done(&shared.lock().unwrap());
+        async move {
+            if reached {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        }
     })
     .await;
 }
@@ -378,7 +395,9 @@ async fn unit_failover_under_write_load_is_fenced() {
                 }
             })
         };
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        wait_for(&deposits, "a write acknowledged under epoch 1", |d| d.iter().any(|d| d.2 == 200 && d.3 == 1))
+            .await;
+        wait_for(&strays, "a stray write answered", |strays| !strays.is_empty()).await;
         let mut store = client::connect(&[platform.cluster.client_url(0)]).await.unwrap();
         let (ok, out, err) = {
             let output = Command::new(bin())
@@ -393,7 +412,9 @@ async fn unit_failover_under_write_load_is_fenced() {
         assert_eq!(out.trim(), "rz-hz-a: hz-a -> sh-a (epoch 2)");
         let record = store.get(router::routing_key("rz-hz-a"), None).await.unwrap();
         let move_revision = record.kvs()[0].mod_revision();
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        wait_for(&deposits, "a write acknowledged under epoch 2", |d| d.iter().any(|d| d.2 == 200 && d.3 == 2))
+            .await;
+        wait_for(&strays, "a stray write refused by the fence", |strays| strays.iter().any(|s| s.2 == 409)).await;
         stop.store(true, Ordering::SeqCst);
         for task in load {
             task.await.unwrap();

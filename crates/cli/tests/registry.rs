@@ -38,12 +38,7 @@ const SUBSCRIBERS: usize = 1000;
 static TIMED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn endpoints(cluster: &Cluster) -> String {
-    cluster
-        .client_urls()
-        .iter()
-        .map(|u| u.trim_start_matches("http://").to_string())
-        .collect::<Vec<_>>()
-        .join(",")
+    cluster.client_urls().iter().map(|u| common::host_port(u)).collect::<Vec<_>>().join(",")
 }
 
 fn instance(id: &str, port: u16) -> Instance {

@@ -63,12 +63,10 @@ struct Shared {
     picks: AtomicU64,
 }
 
-fn text(status: StatusCode, content_type: &str, body: String) -> Response<Body> {
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_str(content_type).expect("ascii"));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
@@ -79,7 +77,7 @@ fn refusal(refusal: &Refusal) -> Response<Body> {
 
 async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
-    let path = request.uri().path().to_string();
+    let path = request.uri().path();
     if path == METRICS_PATH {
         return Ok(text(StatusCode::OK, "text/plain; version=0.0.4", shared.metrics.render()));
     }
@@ -90,7 +88,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
     let view = shared.watched.view();
     let pick = shared.picks.fetch_add(1, Ordering::Relaxed);
     let target =
-        match resolve(&view, &shared.config.city, &path, request.uri().query(), request.headers(), pick) {
+        match resolve(&view, &shared.config.city, path, request.uri().query(), request.headers(), pick) {
             Ok(target) => target,
             Err(refused) => {
                 let route = refused.route.as_deref().unwrap_or("-");
@@ -135,12 +133,11 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
     // Routing facts the instance trusts: set here, never taken from the client.
     set("x-fivefold-unit", target.unit);
     set("x-fivefold-dc", target.dc);
-    let mut digits = itoa_buffer();
-    set("x-fivefold-epoch", format_u64(&mut digits, target.epoch));
+    headers.insert(HeaderName::from_static("x-fivefold-epoch"), HeaderValue::from(target.epoch));
     match (target.uid, target.shard) {
         (Some(uid), Some(shard)) => {
-            set("x-fivefold-uid", format_u64(&mut digits, uid));
-            set("x-fivefold-shard", format_u64(&mut digits, u64::from(shard)));
+            headers.insert(HeaderName::from_static("x-fivefold-uid"), HeaderValue::from(uid));
+            headers.insert(HeaderName::from_static("x-fivefold-shard"), HeaderValue::from(u64::from(shard)));
         }
         _ => {
             parts.headers.remove("x-fivefold-uid");
@@ -162,25 +159,6 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
     };
     shared.metrics.record(target.route, target.unit, response.status().as_u16(), started.elapsed());
     Ok(response)
-}
-
-/// Room for the decimal digits of a u64.
-fn itoa_buffer() -> [u8; 20] {
-    [0; 20]
-}
-
-/// `value` in decimal, written into `buffer` (no allocation).
-fn format_u64(buffer: &mut [u8; 20], mut value: u64) -> &str {
-    let mut at = buffer.len();
-    loop {
-        at -= 1;
-        buffer[at] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    std::str::from_utf8(&buffer[at..]).expect("ascii digits")
 }
 
 /// Pending connections the kernel queues.
@@ -290,18 +268,5 @@ async fn serve_with(
                 tracing::debug!(%error, "connection ended with an error");
             }
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn numbers_format_without_allocating() {
-        let mut buffer = itoa_buffer();
-        assert_eq!(format_u64(&mut buffer, 0), "0");
-        assert_eq!(format_u64(&mut buffer, 42), "42");
-        assert_eq!(format_u64(&mut buffer, u64::MAX), "18446744073709551615");
     }
 }

@@ -10,16 +10,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use etcd_proto::fivefoldpb::{
-    command, command_response, Command, CommandBatch, CommandResponse, ProposeRequest,
-};
+use etcd_proto::fivefoldpb::{Command, CommandResponse, ProposeRequest};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 use tonic::Status;
 
 use crate::node::{never_sent, StoreNode, LEADER_CHANGED, NOT_LEADER, REQUEST_TIMED_OUT};
-use crate::proposer::{BATCH_BYTES_MAX, BATCH_COMMANDS_MAX};
+use crate::proposer::{batch_of, responses_of, BATCH_BYTES_MAX, BATCH_COMMANDS_MAX};
 use crate::types::{Member, NodeId};
 
 /// Writes waiting to be forwarded, at most; callers wait beyond that.
@@ -125,12 +123,7 @@ impl StoreNode {
         let count = commands.len();
         let url = leader.peer_urls.first().ok_or_else(|| Status::unavailable(crate::node::NO_LEADER))?;
         let mut client = self.peer(url).await?;
-        let command = if count == 1 {
-            commands.into_iter().next().expect("one command")
-        } else {
-            Command { kind: Some(command::Kind::Batch(CommandBatch { commands })) }
-        };
-        let mut request = tonic::Request::new(ProposeRequest { command: Some(command) });
+        let mut request = tonic::Request::new(ProposeRequest { command: Some(batch_of(commands)) });
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         // A leader that went silent is given up once a successor is known, as
         // etcd does: the outcome is unknown ("leader changed"), but the client
@@ -168,19 +161,9 @@ impl StoreNode {
                 return Err(Status::unavailable(REQUEST_TIMED_OUT));
             }
         };
-        let responses = match (count, response) {
-            (1, single) => vec![single],
-            (_, CommandResponse { kind: Some(command_response::Kind::Batch(batch)), .. }) => batch.responses,
-            (_, other) => {
-                return Err(Status::internal(format!("etcdserver: leader answered a batch with {other:?}")))
-            }
-        };
-        if responses.len() != count {
-            return Err(Status::internal(
-                "etcdserver: leader answered a batch with the wrong number of responses",
-            ));
-        }
-        Ok(responses)
+        responses_of(response, count).ok_or_else(|| {
+            Status::internal("etcdserver: the leader's answer does not match the forwarded batch")
+        })
     }
 }
 

@@ -46,10 +46,16 @@ type Done = SyncSender<Result<(), String>>;
 /// Work for the writer thread, in the order openraft asked for it.
 enum Write {
     Append(Vec<Entry>, LogFlushed<TypeConfig>),
+    /// Answered on `Done` once carried out.
+    Change(Change, Done),
+}
+
+/// What the writer does to the log besides appending.
+enum Change {
     /// Removes every entry from this index on.
-    Truncate(u64, Done),
+    Truncate(u64),
     /// Records the purge point durably, then drops what it covers.
-    Purge(LogId, Done),
+    Purge(LogId),
 }
 
 /// The log store. Cloned handles share the reader, the writer and the
@@ -221,9 +227,9 @@ impl Writer {
                         next = queue.try_recv().ok();
                     }
                 }
-                other => {
+                Write::Change(change, done) => {
                     self.commit(std::mem::take(&mut appends))?;
-                    self.serve_other(other)?;
+                    self.change(change, done)?;
                 }
             }
         }
@@ -265,24 +271,23 @@ impl Writer {
         self.wal.sync().map_err(write_err)
     }
 
-    fn serve_other(&mut self, write: Write) -> Result<(), StorageError> {
-        let (outcome, done) = match write {
-            Write::Append(..) => unreachable!("appends are grouped by the caller"),
-            Write::Truncate(index, done) => {
+    fn change(&mut self, change: Change, done: Done) -> Result<(), StorageError> {
+        let outcome = match change {
+            Change::Truncate(index) => {
                 let outcome = self.wal.truncate_from(index).map_err(write_err);
                 if outcome.is_ok() {
                     lock(&self.recent).truncate(index);
                 }
-                (outcome, done)
+                outcome
             }
-            Write::Purge(log_id, done) => {
+            Change::Purge(log_id) => {
                 let outcome = write_meta(&self.dir, PURGED_FILE, &log_id, true)
                     .and_then(|()| self.wal.purge_to(log_id.index).map_err(write_err));
                 if outcome.is_ok() {
                     *lock(&self.purged) = Some(log_id);
                     lock(&self.recent).purge(log_id.index);
                 }
-                (outcome, done)
+                outcome
             }
         };
         let _ = done.send(outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()));
@@ -324,15 +329,15 @@ impl LogStore {
             dir = %dir.display(), segments = recovered.segments, first = ?recovered.first_index,
             last = ?recovered.last_index, torn_bytes = recovered.torn_bytes, ?purged, "raft log opened"
         );
+        let (writer, queue) = mpsc::channel();
         let store = LogStore {
             dir: dir.to_path_buf(),
             reader: wal.reader(),
-            writer: mpsc::channel().0,
+            writer,
             recent: Arc::default(),
             purged: Arc::new(Mutex::new(purged)),
             committed: Arc::new(Mutex::new(committed)),
         };
-        let (writer, queue) = mpsc::channel();
         let thread = Writer {
             dir: dir.to_path_buf(),
             wal,
@@ -347,13 +352,14 @@ impl LogStore {
             .name("raft-log-writer".into())
             .spawn(move || thread.run(&queue))
             .map_err(write_err)?;
-        Ok(LogStore { writer, ..store })
+        Ok(store)
     }
 
-    /// Sends `make(done)` to the writer and waits for its answer.
-    fn ask(&self, make: impl FnOnce(Done) -> Write) -> Result<(), StorageError> {
+    /// Has the writer carry out `change` after what it was sent before, and
+    /// waits for it.
+    fn ask(&self, change: Change) -> Result<(), StorageError> {
         let (done, answer) = mpsc::sync_channel(1);
-        self.writer.send(make(done)).map_err(|_| write_err(WriterGone))?;
+        self.writer.send(Write::Change(change, done)).map_err(|_| write_err(WriterGone))?;
         answer.recv().map_err(|_| write_err(WriterGone))?.map_err(write_err)
     }
 
@@ -453,11 +459,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "truncating the log");
-        blocking(|| self.ask(|done| Write::Truncate(log_id.index, done)))
+        blocking(|| self.ask(Change::Truncate(log_id.index)))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "purging the log");
-        blocking(|| self.ask(|done| Write::Purge(log_id, done)))
+        blocking(|| self.ask(Change::Purge(log_id)))
     }
 }

@@ -161,7 +161,6 @@ impl StoreNode {
         }
     }
 
-    /// Waits for the next change of leadership, or `deadline`.
     /// Resolves once this member knows a leader other than `old` (never, if the
     /// member stops first). Lets a call stuck on a dead leader give up as soon
     /// as a successor is elected instead of waiting out its deadline.
@@ -177,6 +176,7 @@ impl StoreNode {
         }
     }
 
+    /// Waits for the next change of leadership, or `deadline`.
     async fn leadership_change(&self, seen: Option<NodeId>, deadline: Instant) {
         let mut metrics = self.raft.metrics();
         let changed = |m: &openraft::RaftMetrics<NodeId, Member>| m.current_leader != seen;
@@ -231,18 +231,12 @@ impl StoreNode {
         {
             return Err(Status::invalid_argument("etcdserver: a forwarded batch holds plain commands"));
         }
-        match tokio::time::timeout_at(deadline, self.proposer.propose_all(commands)).await {
-            Err(_) => Err(Status::unavailable(REQUEST_TIMED_OUT)),
-            Ok(result) => result,
-        }
+        within(deadline, self.proposer.propose_all(commands)).await
     }
 
     /// Proposes on this member, which must be the leader.
     pub async fn propose_here(&self, command: Command, deadline: Instant) -> Result<CommandResponse, Status> {
-        match tokio::time::timeout_at(deadline, self.proposer.propose(command)).await {
-            Err(_) => Err(Status::unavailable(REQUEST_TIMED_OUT)),
-            Ok(result) => result,
-        }
+        within(deadline, self.proposer.propose(command)).await
     }
 
     /// Returns once this member's state machine has applied everything that
@@ -458,12 +452,7 @@ impl StoreNode {
                 let url = leader.peer_urls.first().ok_or_else(|| Status::unavailable(NO_LEADER))?;
                 // The server enforces the deadline it is sent; a paused peer
                 // never answers, so it is enforced here too.
-                let call = async {
-                    match tokio::time::timeout_at(deadline, remote(self.peer(url).await?, deadline)).await {
-                        Ok(answer) => answer,
-                        Err(_) => Err(Status::unavailable(REQUEST_TIMED_OUT)),
-                    }
-                };
+                let call = within(deadline, async { remote(self.peer(url).await?, deadline).await });
                 let answer = if matches!(retry, Retry::Idempotent) {
                     // Safe to repeat: give a silent leader up once a successor is known.
                     tokio::select! {
@@ -660,6 +649,16 @@ impl Retry {
             Retry::IfNeverSent => never_sent(status),
         }
     }
+}
+
+/// `call`'s outcome, or etcd's "request timed out" once `deadline` passes.
+pub(crate) async fn within<T>(
+    deadline: Instant,
+    call: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    tokio::time::timeout_at(deadline, call)
+        .await
+        .unwrap_or_else(|_| Err(Status::unavailable(REQUEST_TIMED_OUT)))
 }
 
 /// Whether a failed peer call never reached the peer (the connection could not

@@ -109,12 +109,7 @@ async fn run(raft: Raft, mut proposals: mpsc::Receiver<Proposal>) {
             replies.push((proposal.commands.len(), proposal.reply));
             commands.extend(proposal.commands);
         }
-        let entry = if commands.len() == 1 {
-            commands.into_iter().next().expect("one command")
-        } else {
-            Command { kind: Some(command::Kind::Batch(CommandBatch { commands })) }
-        };
-        let receiver = match raft.client_write_ff(Request(entry)).await {
+        let receiver = match raft.client_write_ff(Request(batch_of(commands))).await {
             Ok(receiver) => receiver,
             Err(e) => {
                 let status = Status::unavailable(format!("etcdserver: server stopped: {e}"));
@@ -139,20 +134,40 @@ async fn run(raft: Raft, mut proposals: mpsc::Receiver<Proposal>) {
     }
 }
 
+/// Several commands as one: the command itself when alone, else a
+/// `CommandBatch` (applied command by command).
+pub fn batch_of(mut commands: Vec<Command>) -> Command {
+    if commands.len() == 1 {
+        commands.pop().expect("one command")
+    } else {
+        Command { kind: Some(command::Kind::Batch(CommandBatch { commands })) }
+    }
+}
+
+/// The responses, in order, to what `batch_of` made of `count` commands;
+/// `None` when `response` does not answer that many.
+pub fn responses_of(response: CommandResponse, count: usize) -> Option<Vec<CommandResponse>> {
+    let responses = match (count, response) {
+        (1, single) => vec![single],
+        (_, CommandResponse { kind: Some(command_response::Kind::Batch(batch)), .. }) => batch.responses,
+        _ => return None,
+    };
+    (responses.len() == count).then_some(responses)
+}
+
 /// Gives each waiting caller its own responses (or the batch's error).
 fn distribute(outcome: Result<CommandResponse, Status>, replies: Vec<(usize, Reply)>) {
-    let responses = match outcome {
+    let response = match outcome {
         Err(status) => {
             for (_, reply) in replies {
                 let _ = reply.send(Err(status.clone()));
             }
             return;
         }
-        Ok(CommandResponse { kind: Some(command_response::Kind::Batch(batch)), .. }) => batch.responses,
-        Ok(single) => vec![single],
+        Ok(response) => response,
     };
     let wanted: usize = replies.iter().map(|(count, _)| count).sum();
-    assert_eq!(responses.len(), wanted, "one response per batched command");
+    let responses = responses_of(response, wanted).expect("one response per batched command");
     let mut responses = responses.into_iter();
     for (count, reply) in replies {
         let _ = reply.send(Ok(responses.by_ref().take(count).collect()));

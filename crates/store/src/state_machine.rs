@@ -113,22 +113,26 @@ fn empty_response(revision: i64) -> Response {
     Response(CommandResponse { kind: Some(command_response::Kind::Empty(Empty {})), revision })
 }
 
-/// Records `meta` as the latest snapshot (by rename, durably), and drops a
-/// data file left by earlier versions.
+/// Records `meta` as the latest snapshot (replaced atomically, durably), and
+/// drops a data file left by earlier versions.
 fn save_meta(dir: &Path, meta: &SnapshotMeta) -> Result<(), StorageError> {
     let bytes = bincode::serialize(meta).map_err(|e| snap_error(ErrorVerb::Write, e))?;
-    let tmp = dir.join(format!("{SNAPSHOT_META_FILE}.tmp"));
-    let write = || -> std::io::Result<()> {
-        std::fs::write(&tmp, &bytes)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, dir.join(SNAPSHOT_META_FILE))?;
-        std::fs::File::open(dir)?.sync_all()?;
-        match std::fs::remove_file(dir.join(OLD_SNAPSHOT_DATA_FILE)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    };
-    write().map_err(|e| snap_error(ErrorVerb::Write, e))
+    wal::meta::write(&dir.join(SNAPSHOT_META_FILE), &bytes, true)
+        .map_err(|e| snap_error(ErrorVerb::Write, e))?;
+    match std::fs::remove_file(dir.join(OLD_SNAPSHOT_DATA_FILE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(snap_error(ErrorVerb::Write, e)),
+        _ => Ok(()),
+    }
+}
+
+/// The applied log id and membership the database holds (as of its last
+/// commit).
+fn applied_in(mvcc: &MvccStore) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    let read = |key: &str| mvcc.get_meta(key).map_err(|e| sm_error(ErrorVerb::Read, e));
+    let applied: Option<LogId> = read(META_APPLIED)?.map(|b| decode(&b)).transpose()?.flatten();
+    let membership: StoredMembership =
+        read(META_MEMBERSHIP)?.map(|b| decode(&b)).transpose()?.unwrap_or_default();
+    Ok((applied, membership))
 }
 
 fn has_snapshot(dir: &Path) -> bool {
@@ -165,10 +169,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         tokio::task::block_in_place(|| {
             self.mvcc.persist().map_err(|e| snap_error(ErrorVerb::Write, e))?;
-            let read = |key: &str| self.mvcc.get_meta(key).map_err(|e| sm_error(ErrorVerb::Read, e));
-            let last_log_id: Option<LogId> = read(META_APPLIED)?.map(|b| decode(&b)).transpose()?.flatten();
-            let last_membership: StoredMembership =
-                read(META_MEMBERSHIP)?.map(|b| decode(&b)).transpose()?.unwrap_or_default();
+            let (last_log_id, last_membership) = applied_in(&self.mvcc)?;
             let snapshot_id = match last_log_id {
                 Some(id) => format!("{}-{}", id.leader_id.term, id.index),
                 None => "empty".to_string(),
@@ -185,11 +186,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        let read = |key: &str| self.mvcc.get_meta(key).map_err(|e| sm_error(ErrorVerb::Read, e));
-        let applied: Option<LogId> = read(META_APPLIED)?.map(|b| decode(&b)).transpose()?.flatten();
-        let membership: StoredMembership =
-            read(META_MEMBERSHIP)?.map(|b| decode(&b)).transpose()?.unwrap_or_default();
-        Ok((applied, membership))
+        applied_in(&self.mvcc)
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>

@@ -31,6 +31,9 @@ const PRIMARY_CITY: &str = "hangzhou";
 /// Ports of member i: client = base + PORT_STRIDE * i, peer = client + 1.
 const PORT_STRIDE: u16 = 10;
 pub const DEFAULT_BASE_PORT: u16 = 2379;
+/// The highest `--base-port`: `up` uses ports up to base + 62 (the gateway
+/// of the third city).
+pub const BASE_PORT_MAX: i64 = (u16::MAX - units::GATEWAY_PORT_OFFSET - 2) as i64;
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -39,7 +42,7 @@ pub struct UpArgs {
     pub data_dir: PathBuf,
     /// Client port of the first member; the others follow in steps of 10, and
     /// the control port for `fivefold chaos` comes after them (base + 50).
-    #[arg(long, default_value_t = DEFAULT_BASE_PORT)]
+    #[arg(long, default_value_t = DEFAULT_BASE_PORT, value_parser = clap::value_parser!(u16).range(1..=BASE_PORT_MAX))]
     pub base_port: u16,
     /// Put a WAN between the cities (10 ms round trip hangzhou–shanghai, 30 ms
     /// to shenzhen, 1 ms inside a city). As root: one network namespace per dc

@@ -112,9 +112,7 @@ fn lease_not_found(error: &etcd_client::Error) -> bool {
         etcd_client::Error::GRpcStatus(status) => {
             lease_not_found_status(status.code().into(), status.message())
         }
-        // etcd-client's report of a keep-alive answered with TTL 0.
-        etcd_client::Error::LeaseKeepAliveError(message) => message.contains("lease not found"),
-        _ => false,
+        other => crate::registration::lease_gone(other),
     }
 }
 

@@ -27,7 +27,7 @@ enum Line<'a> {
     Remove { revision: i64, service: &'a str, id: &'a str },
 }
 
-/// `delta` as one line of newline-delimited JSON, and its kind.
+/// `delta` as one line of newline-delimited JSON.
 pub(crate) fn encode(delta: &Delta) -> Vec<u8> {
     let line = match delta {
         Delta::Snapshot { revision, instances } => Line::Snapshot { revision: *revision, instances },
