@@ -18,7 +18,7 @@ stop_members() {
         sleep 0.1
     done
     for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-    rm -f "$WORK"/*.pids
+    rm -f "$WORK"/*.pids "$WORK"/*.pid
 }
 
 ensure_tools() {
@@ -32,27 +32,35 @@ ensure_tools() {
     [ -x "$FIVEFOLD" ] || cargo build --release -p cli
 }
 
+# start_member SYSTEM BASEPORT INDEX [EXTRA FLAGS...]: starts member INDEX of
+# a MEMBERS-member cluster in the background (again, if it ran before: a
+# member with data ignores the initial-cluster flags) and records its pid.
+start_member() {
+    local system=$1 base=$2 i=$3 cluster="" j
+    shift 3
+    for ((j = 0; j < MEMBERS; j++)); do cluster+="${cluster:+,}m$j=http://127.0.0.1:$((base + 10 * j + 1))"; done
+    local client=$((base + 10 * i)) peer=$((base + 10 * i + 1)) dir="$WORK/$system-m$i"
+    local args=(--name "m$i" --data-dir "$dir" --listen-client-urls "http://127.0.0.1:$client"
+        --advertise-client-urls "http://127.0.0.1:$client" --listen-peer-urls "http://127.0.0.1:$peer"
+        --initial-advertise-peer-urls "http://127.0.0.1:$peer" --initial-cluster "$cluster"
+        --initial-cluster-state new --initial-cluster-token "bench-$$" "$@")
+    if [ "$system" = etcd ]; then
+        etcd "${args[@]}" >>"$WORK/$system-m$i.log" 2>&1 &
+    else
+        "$FIVEFOLD" store "${args[@]}" >>"$WORK/$system-m$i.log" 2>&1 &
+    fi
+    echo $! >"$WORK/$system-m$i.pid"
+    echo $! >>"$WORK/$system.pids"
+}
+
 # start SYSTEM BASEPORT [EXTRA FLAGS...]: starts MEMBERS members; prints the
 # client endpoints once a write goes through.
 start() {
-    local system=$1 base=$2 cluster="" endpoints="" i
+    local system=$1 base=$2 endpoints="" i
     shift 2
     for ((i = 0; i < MEMBERS; i++)); do
-        cluster+="${cluster:+,}m$i=http://127.0.0.1:$((base + 10 * i + 1))"
         endpoints+="${endpoints:+,}127.0.0.1:$((base + 10 * i))"
-    done
-    for ((i = 0; i < MEMBERS; i++)); do
-        local client=$((base + 10 * i)) peer=$((base + 10 * i + 1)) dir="$WORK/$system-m$i"
-        local args=(--name "m$i" --data-dir "$dir" --listen-client-urls "http://127.0.0.1:$client"
-            --advertise-client-urls "http://127.0.0.1:$client" --listen-peer-urls "http://127.0.0.1:$peer"
-            --initial-advertise-peer-urls "http://127.0.0.1:$peer" --initial-cluster "$cluster"
-            --initial-cluster-state new --initial-cluster-token "bench-$$" "$@")
-        if [ "$system" = etcd ]; then
-            etcd "${args[@]}" >"$WORK/$system-m$i.log" 2>&1 &
-        else
-            "$FIVEFOLD" store "${args[@]}" >"$WORK/$system-m$i.log" 2>&1 &
-        fi
-        echo $! >>"$WORK/$system.pids"
+        start_member "$system" "$base" "$i" "$@"
     done
     for _ in $(seq 1 100); do
         if "$FIVEFOLD" bench put --endpoints "$endpoints" --total 1 --time-limit 2s >/dev/null 2>&1; then
@@ -63,6 +71,13 @@ start() {
     echo "$system did not start; the end of its logs:" >&2
     tail -n 5 "$WORK/$system"-*.log >&2
     exit 1
+}
+
+# member_rss_mib PID FIELD: one process's VmHWM (peak) or VmRSS (now), MiB.
+member_rss_mib() {
+    local kb
+    kb=$(awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status" 2>/dev/null || echo 0)
+    echo $((${kb:-0} / 1024))
 }
 
 # rss_mib SYSTEM FIELD: the largest member's VmHWM (peak) or VmRSS (now), MiB.

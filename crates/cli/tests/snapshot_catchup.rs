@@ -14,6 +14,30 @@ const KEYS: usize = 500;
 const WRITERS: usize = 4;
 const PREFIX: &str = "snap/";
 
+/// Puts `keys` keys `{prefix}{i:04}` through `member` from `WRITERS` clients at once.
+async fn write_keys(
+    cluster: &testkit::Cluster,
+    member: usize,
+    prefix: &str,
+    keys: usize,
+    value: fn(&str) -> Vec<u8>,
+) {
+    let mut tasks = Vec::new();
+    for writer in 0..WRITERS {
+        let mut client = cluster.client(member).await;
+        let prefix = prefix.to_string();
+        tasks.push(tokio::spawn(async move {
+            for key in (writer..keys).step_by(WRITERS) {
+                let key = format!("{prefix}{key:04}");
+                client.put(key.clone(), value(&key), None).await.unwrap_or_else(|e| panic!("put {key}: {e}"));
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("writer");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_follower_catches_up_by_snapshot() {
     bounded(TEST_LIMIT, async {
@@ -26,20 +50,7 @@ async fn lagging_follower_catches_up_by_snapshot() {
 
         // 500 keys through the leader: ten snapshots' worth of entries, while the
         // log keeps only 5 entries behind each snapshot.
-        let mut tasks = Vec::new();
-        for writer in 0..WRITERS {
-            let mut client = cluster.client(leader).await;
-            tasks.push(tokio::spawn(async move {
-                for key in (writer..KEYS).step_by(WRITERS) {
-                    let key = format!("{PREFIX}{key:04}");
-                    let put = client.put(key.clone(), format!("value {key}"), None).await;
-                    put.unwrap_or_else(|e| panic!("put {key}: {e}"));
-                }
-            }));
-        }
-        for task in tasks {
-            task.await.expect("writer");
-        }
+        write_keys(&cluster, leader, PREFIX, KEYS, |key| format!("value {key}").into_bytes()).await;
         let mut leader_client = cluster.client(leader).await;
         let last = current_revision(&mut leader_client).await;
         assert_eq!(last, 1 + KEYS as i64, "one revision per put");
@@ -123,6 +134,53 @@ async fn lagging_follower_catches_up_by_snapshot() {
             }
         })
         .await;
+    })
+    .await;
+}
+
+/// Values this large make a count-bounded AppendEntries (1,024 entries) far
+/// bigger than a peer message may be.
+const LARGE_VALUE_BYTES: usize = 64 * 1024;
+const LARGE_KEYS: usize = 1200;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_follower_catches_up_through_large_entries() {
+    bounded(TEST_LIMIT, async {
+        // No snapshot point is reached, so the follower can only catch up from the log.
+        let mut cluster = start(ClusterOptions::default().arg("--snapshot-count", 100_000)).await;
+        let leader = cluster.leader().await.unwrap();
+        let lagging = (leader + 1) % cluster.len();
+        cluster.kill(lagging).unwrap();
+
+        write_keys(&cluster, leader, "large/", LARGE_KEYS, |key| {
+            vec![key.as_bytes()[key.len() - 1]; LARGE_VALUE_BYTES]
+        })
+        .await;
+        let mut leader_client = cluster.client(leader).await;
+        let last = current_revision(&mut leader_client).await;
+
+        let log_before_restart = cluster.log(lagging).len();
+        cluster.restart(lagging).await.unwrap_or_else(|e| panic!("restart: {e:#}"));
+        let follower = cluster.client(lagging).await;
+        poll_until(Duration::from_secs(60), "restarted follower has every large key", || {
+            let mut follower = follower.clone();
+            async move {
+                let options = GetOptions::new().with_prefix().with_serializable().with_count_only();
+                let response = follower.get("large/", Some(options)).await.map_err(|e| e.to_string())?;
+                if response.count() == LARGE_KEYS as i64 && header_revision(&response) == last {
+                    Ok(())
+                } else {
+                    Err(format!("{} keys at revision {}", response.count(), header_revision(&response)))
+                }
+            }
+        })
+        .await;
+        let log = cluster.log(lagging);
+        let since_restart = log.get(log_before_restart..).unwrap_or(&log);
+        assert!(
+            !since_restart.contains("installed snapshot"),
+            "the follower caught up from the log, not a snapshot"
+        );
     })
     .await;
 }

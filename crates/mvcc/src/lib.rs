@@ -36,6 +36,7 @@ pub mod validate;
 pub use apply::{ApplyBatch, Committed};
 pub use error::{GrpcCode, MvccError, StorageError};
 pub use lease::LeaseChange;
+pub use snapshot::SnapshotView;
 pub use store::{MvccStore, META_EXTERNAL_PREFIX};
 
 /// A read or apply failure: a client error, or an engine failure.

@@ -85,15 +85,54 @@ impl<R: Read> CrcReader<R> {
     }
 }
 
+/// A consistent view of the whole state, held open so that its bytes can be
+/// written later (or never): taking one costs a read transaction, not a copy.
+/// While it lives, the pages it sees are not reused, so the file may grow.
+pub struct SnapshotView {
+    txn: redb::ReadTransaction,
+}
+
+impl std::fmt::Debug for SnapshotView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotView").finish_non_exhaustive()
+    }
+}
+
 impl MvccStore {
-    /// Writes a consistent snapshot of the whole state to `out`.
+    /// Takes a consistent view of the state as it is now.
     ///
-    /// Everything the snapshot holds is made durable first, so that the log
-    /// behind it may be purged: a restart never needs an entry the snapshot covers.
-    pub fn write_snapshot(&self, out: impl Write) -> Result<(SnapshotSummary, ExternalMeta), StorageError> {
+    /// Everything the view holds is made durable first, so that the log
+    /// behind it may be purged: a restart never needs an entry it covers.
+    pub fn snapshot_view(&self) -> Result<SnapshotView, StorageError> {
         let txn = self.begin_read()?;
         self.persist()?;
+        Ok(SnapshotView { txn })
+    }
+
+    /// Writes a consistent snapshot of the whole state to `out`.
+    pub fn write_snapshot(&self, out: impl Write) -> Result<(SnapshotSummary, ExternalMeta), StorageError> {
+        let view = self.snapshot_view()?;
+        let summary = view.write(out)?;
+        Ok((summary, view.external_meta()?))
+    }
+}
+
+impl SnapshotView {
+    /// The values of the layer above as of this view.
+    pub fn external_meta(&self) -> Result<ExternalMeta, StorageError> {
         let mut external = Vec::new();
+        for row in self.txn.open_table(META)?.iter()? {
+            let (k, v) = row?;
+            if k.value().starts_with(crate::store::META_EXTERNAL_PREFIX) {
+                external.push((k.value().to_string(), v.value().to_vec()));
+            }
+        }
+        Ok(external)
+    }
+
+    /// Writes the view as a snapshot stream to `out`, a record at a time.
+    pub fn write(&self, out: impl Write) -> Result<SnapshotSummary, StorageError> {
+        let txn = &self.txn;
         let mut w = CrcWriter { inner: out, crc: crc32fast::Hasher::new(), bytes: 0 };
         w.put(MAGIC)?;
         let mut rows = 0;
@@ -105,9 +144,6 @@ impl MvccStore {
         for row in txn.open_table(META)?.iter()? {
             let (k, v) = row?;
             w.record(TAG_META, k.value().as_bytes(), v.value())?;
-            if k.value().starts_with(crate::store::META_EXTERNAL_PREFIX) {
-                external.push((k.value().to_string(), v.value().to_vec()));
-            }
         }
         for row in txn.open_table(MEMBERS)?.iter()? {
             let (k, v) = row?;
@@ -133,9 +169,11 @@ impl MvccStore {
         let crc = w.crc.clone().finalize();
         w.inner.write_all(&crc.to_le_bytes())?;
         w.inner.flush()?;
-        Ok((SnapshotSummary { rows, bytes: w.bytes + 4 }, external))
+        Ok(SnapshotSummary { rows, bytes: w.bytes + 4 })
     }
+}
 
+impl MvccStore {
     /// Replaces the whole state with a snapshot read from `input`, durably.
     /// On any error the old state stays as it was.
     pub fn install_snapshot(&self, input: impl Read) -> Result<SnapshotSummary, StorageError> {
@@ -223,13 +261,44 @@ impl MvccStore {
 const SEAL_ALIGN: usize = 512;
 const SHA256_LEN: usize = 32;
 
-/// Seals a snapshot for `etcdctl snapshot save`, which expects etcd's file
-/// shape: data padded to a multiple of 512 bytes, then its SHA-256.
-pub fn seal(data: &mut Vec<u8>) {
-    let padded = data.len().div_ceil(SEAL_ALIGN) * SEAL_ALIGN;
-    data.resize(padded, 0);
-    let digest = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&data[..]));
-    data.extend_from_slice(&digest);
+/// Writes a snapshot sealed for `etcdctl snapshot save`, which expects etcd's
+/// file shape: data padded to a multiple of 512 bytes, then its SHA-256.
+/// Hashes what passes through; `finish` pads and appends the digest.
+pub struct Sealer<W> {
+    inner: W,
+    hasher: sha2::Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Sealer<W> {
+    /// A sealer writing to `inner`.
+    pub fn new(inner: W) -> Sealer<W> {
+        Sealer { inner, hasher: <sha2::Sha256 as sha2::Digest>::new(), bytes: 0 }
+    }
+
+    /// Pads the data to the seal's alignment, appends the digest, and returns
+    /// the writer.
+    pub fn finish(mut self) -> std::io::Result<W> {
+        let pad = (self.bytes as usize).div_ceil(SEAL_ALIGN) * SEAL_ALIGN - self.bytes as usize;
+        self.write_all(&vec![0; pad])?;
+        let digest = sha2::Digest::finalize(self.hasher);
+        self.inner.write_all(&digest)?;
+        self.inner.flush()?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for Sealer<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        sha2::Digest::update(&mut self.hasher, &buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Checks the seal of a sealed file and returns the snapshot inside; a file
@@ -279,9 +348,10 @@ mod tests {
 
     #[test]
     fn sealed_files_have_etcds_shape_and_detect_corruption() {
-        let mut data = b"FIVEFOLD-MVCC-SNAPSHOT-1\nrest".to_vec();
-        let raw = data.clone();
-        seal(&mut data);
+        let raw = b"FIVEFOLD-MVCC-SNAPSHOT-1\nrest".to_vec();
+        let mut sealer = Sealer::new(Vec::new());
+        sealer.write_all(&raw).unwrap();
+        let mut data = sealer.finish().unwrap();
         assert_eq!(data.len() % 512, 32);
         assert!(unseal(&data).unwrap().starts_with(&raw));
         data[3] ^= 1;

@@ -1,7 +1,7 @@
 //! The MVCC store: the redb database, its tables, and the read entry points.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -40,6 +40,9 @@ pub struct MvccStore {
     path: PathBuf,
     /// The revision of the last committed batch, for cheap status reads.
     revision: AtomicI64,
+    /// The file's length as of the last commit: the quota check reads it on
+    /// every write, so it is not a file-system call per request.
+    file_bytes: AtomicU64,
 }
 
 impl std::fmt::Debug for MvccStore {
@@ -91,7 +94,9 @@ impl MvccStore {
             db: RwLock::new(db),
             path: path.to_path_buf(),
             revision: AtomicI64::new(REVISION_INITIAL),
+            file_bytes: AtomicU64::new(0),
         };
+        store.note_file_size();
         let (revision, _) = store.revisions()?;
         store.revision.store(revision, Ordering::Release);
         Ok(store)
@@ -113,7 +118,10 @@ impl MvccStore {
         let mut db = self.db.write().expect("database lock");
         for _ in 0..ATTEMPTS {
             match db.compact() {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.note_file_size();
+                    return Ok(());
+                }
                 Err(redb::CompactionError::TransactionInProgress) => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
@@ -137,12 +145,20 @@ impl MvccStore {
     pub(crate) fn note_commit(&self, revision: i64) {
         let before = self.revision.swap(revision, Ordering::AcqRel);
         assert!(revision >= before, "store revision never goes back: {before} -> {revision}");
+        self.note_file_size();
     }
 
     /// Sets the cached revision after the state was replaced by a snapshot (which
     /// may move it in either direction).
     pub(crate) fn reset_revision(&self, revision: i64) {
         self.revision.store(revision, Ordering::Release);
+        self.note_file_size();
+    }
+
+    /// Reads the file's length again; called after anything that may change it.
+    fn note_file_size(&self) {
+        let bytes = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        self.file_bytes.store(bytes, Ordering::Release);
     }
 
     /// Starts a batch of applies.
@@ -155,6 +171,7 @@ impl MvccStore {
         let mut txn = self.begin_write()?;
         txn.set_durability(redb::Durability::Immediate)?;
         txn.commit()?;
+        self.note_file_size();
         Ok(())
     }
 
@@ -194,9 +211,9 @@ impl MvccStore {
         Ok(out)
     }
 
-    /// Size of the database file in bytes.
+    /// Size of the database file in bytes, as of the last commit.
     pub fn db_size(&self) -> u64 {
-        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+        self.file_bytes.load(Ordering::Acquire)
     }
 
     /// Bytes the database uses for data and metadata, as opposed to free space.

@@ -18,7 +18,8 @@
 //! (MoveLeader), `compactor` (automatic compaction), `faults` (test-only
 //! fault injection), `types` (Raft type config), `log_store` (the Raft log
 //! over `wal`), `log_migrate` (moves a log kept in redb by earlier
-//! versions), `state_machine`, `network` (peer client), `peer_service`,
+//! versions), `state_machine`, `snapshot_data` (snapshot bytes in unnamed
+//! files, written only when read), `network` (peer client), `peer_service`,
 //! `node` (request paths), `proposer` (a leader's writes batched into one
 //! entry), `forwarder` (a follower's writes sent to the leader batched),
 //! `kv_service`, `watch_hub` + `watch_service`, `lease_service` + `lessor`,
@@ -48,6 +49,7 @@ pub mod peer_service;
 pub mod placement;
 pub mod proposer;
 pub mod server;
+pub mod snapshot_data;
 pub mod state_machine;
 pub mod types;
 pub mod watch_hub;

@@ -37,6 +37,12 @@ const GROUP_COMMIT_APPENDS_MAX: usize = 1024;
 
 /// Encoded bytes of durable entries kept in memory for replication.
 const RECENT_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Payload bytes one AppendEntries carries at most (at least one entry is
+/// always sent): the reader openraft replicates from stops there. openraft
+/// bounds a message by entry count only; with large values a count-sized
+/// message is read whole from disk and cannot cross the wire within the RPC
+/// timeout (a heartbeat interval), so a lagging follower would never catch up.
+pub const APPEND_ENTRIES_BYTES_MAX: usize = 2 * 1024 * 1024;
 
 /// How often, at most, the writer replaces the committed-id file.
 const COMMITTED_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
@@ -174,6 +180,11 @@ impl Recent {
 
     fn range(&self, from: u64, to: u64) -> Vec<Entry> {
         self.entries.range(from..to).map(|(_, c)| c.entry.clone()).collect()
+    }
+
+    /// The first cached index in `from..to`.
+    fn first_in(&self, from: u64, to: u64) -> Option<u64> {
+        self.entries.range(from..to).next().map(|(index, _)| *index)
     }
 
     fn last(&self) -> Option<LogId> {
@@ -409,6 +420,52 @@ impl RaftLogReader<TypeConfig> for LogStore {
         }
         out.extend(cached);
         Ok(out)
+    }
+
+    /// What replication sends: a prefix of `start..end` within
+    /// `APPEND_ENTRIES_BYTES_MAX`, read from disk only as far as it goes.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        let budget = APPEND_ENTRIES_BYTES_MAX;
+        let first_cached = lock(&self.recent).first_in(start, end).unwrap_or(end);
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        if start < first_cached {
+            let records = blocking(|| self.reader.read_limited(start, first_cached, budget as u64))
+                .map_err(read_err)?;
+            for (index, record) in records {
+                let entry: Entry = decode(&record)?;
+                assert_eq!(entry.log_id.index, index, "a log record holds the entry of its index");
+                bytes += payload_bytes(&entry);
+                out.push(entry);
+            }
+            let contiguous = out.last().is_some_and(|e| e.log_id.index + 1 == first_cached);
+            if !contiguous || bytes >= budget {
+                return Ok(out);
+            }
+        }
+        // The rest from memory. An entry leaves `recent` only once readable
+        // from disk, so one evicted meanwhile is simply not sent this time.
+        let recent = lock(&self.recent);
+        for (index, cached) in recent.entries.range(first_cached.max(start)..end) {
+            if out.last().is_some_and(|e: &Entry| e.log_id.index + 1 != *index) {
+                break;
+            }
+            let size = payload_bytes(&cached.entry);
+            if !out.is_empty() && bytes + size > budget {
+                break;
+            }
+            bytes += size;
+            out.push(cached.entry.clone());
+        }
+        Ok(out)
+    }
+}
+
+/// Bytes an entry's payload takes, as the budget of a message counts them.
+fn payload_bytes(entry: &Entry) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(request) => prost::Message::encoded_len(&request.0),
+        _ => 0,
     }
 }
 

@@ -22,6 +22,8 @@ use crate::node::{kv_status, StoreNode};
 pub const ETCD_COMPATIBLE_VERSION: &str = "3.5.17";
 /// Bytes per message of a snapshot stream.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 64 * 1024;
+/// Buffer between the database reader and a snapshot file.
+const SNAPSHOT_WRITE_BUFFER_BYTES: usize = 1024 * 1024;
 
 pub struct MaintenanceService {
     pub node: Arc<StoreNode>,
@@ -29,6 +31,21 @@ pub struct MaintenanceService {
 
 fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(format!("etcdserver: {e}"))
+}
+
+/// Writes a snapshot sealed as etcd's are to a new unnamed file in `dir`;
+/// returns it positioned at its start, with its length.
+fn sealed_snapshot(mvcc: &mvcc::MvccStore, dir: &std::path::Path) -> Result<(std::fs::File, u64), String> {
+    use std::io::{Seek, SeekFrom};
+    let io = |e: std::io::Error| e.to_string();
+    let file = crate::snapshot_data::unnamed_file(dir).map_err(io)?;
+    let mut sealer =
+        mvcc::snapshot::Sealer::new(std::io::BufWriter::with_capacity(SNAPSHOT_WRITE_BUFFER_BYTES, file));
+    mvcc.write_snapshot(&mut sealer).map_err(|e| e.to_string())?;
+    let mut file = sealer.finish().map_err(io)?.into_inner().map_err(|e| io(e.into_error()))?;
+    let total = file.seek(SeekFrom::End(0)).map_err(io)?;
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    Ok((file, total))
 }
 
 /// Runs blocking engine work off the async workers.
@@ -131,29 +148,27 @@ impl Maintenance for MaintenanceService {
         _request: Request<SnapshotRequest>,
     ) -> Result<Response<tonic::codegen::BoxStream<SnapshotResponse>>, Status> {
         let mvcc = self.node.mvcc.clone();
-        let data = blocking(move || {
-            let mut data = Vec::new();
-            mvcc.write_snapshot(&mut data).map(|_| {
-                mvcc::snapshot::seal(&mut data);
-                data
-            })
-        })
-        .await?
-        .map_err(internal)?;
+        let dir = self.node.config.data_dir.clone();
+        // Sealed into an unnamed file, then streamed from it: the state may be
+        // larger than memory.
+        let (mut file, total) = blocking(move || sealed_snapshot(&mvcc, &dir)).await?.map_err(internal)?;
         let header = self.node.header(self.node.mvcc.revision());
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(async move {
-            let total = data.len();
+        tokio::task::spawn_blocking(move || {
             let mut sent = 0;
-            for chunk in data.chunks(SNAPSHOT_CHUNK_BYTES) {
-                sent += chunk.len();
-                let response = SnapshotResponse {
-                    header: Some(header),
-                    remaining_bytes: (total - sent) as u64,
-                    blob: chunk.to_vec(),
-                    version: ETCD_COMPATIBLE_VERSION.to_string(),
-                };
-                if tx.send(Ok(response)).await.is_err() {
+            while sent < total {
+                let mut blob = vec![0; SNAPSHOT_CHUNK_BYTES.min((total - sent) as usize)];
+                let response = std::io::Read::read_exact(&mut file, &mut blob).map(|()| {
+                    sent += blob.len() as u64;
+                    SnapshotResponse {
+                        header: Some(header),
+                        remaining_bytes: total - sent,
+                        blob,
+                        version: ETCD_COMPATIBLE_VERSION.to_string(),
+                    }
+                });
+                let failed = response.is_err();
+                if tx.blocking_send(response.map_err(internal)).is_err() || failed {
                     return;
                 }
             }

@@ -8,14 +8,15 @@
 //! Snapshots cost nothing until a follower needs one. The MVCC database is
 //! itself the durable state, so "building" a snapshot (which openraft does to
 //! purge the log) only makes the database durable and records the applied id
-//! it holds (`snap/snapshot.meta`); openraft keeps only that meta. When a
-//! snapshot is read (to send to a follower, or at start), its bytes are
-//! written from a consistent read of the database at that moment, made
-//! durable first, with the applied id and membership the data itself holds —
-//! so meta and data always agree, and the log behind the meta is never needed
-//! again. No copy of the whole state is written to disk per snapshot.
+//! it holds (`snap/snapshot.meta`); openraft keeps only that meta. When the
+//! current snapshot is asked for (to send to a follower, or at start to learn
+//! its meta), it is a consistent view of the database at that moment, made
+//! durable first, whose meta is the applied id and membership the view itself
+//! holds — so meta and data always agree, and the log behind the meta is
+//! never needed again. Its bytes are written to an unnamed file only when
+//! read (`snapshot_data`), so neither a start nor a snapshot point copies the
+//! state, and no snapshot is ever held in memory.
 
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
 use serde::de::DeserializeOwned;
 
 use crate::lessor::Lessor;
+use crate::snapshot_data::SnapshotFile;
 use crate::types::{
     Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -62,6 +64,8 @@ pub const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 const META_APPLIED: &str = "ext/raft_applied";
 const META_MEMBERSHIP: &str = "ext/raft_membership";
 const SNAPSHOT_META_FILE: &str = "snapshot.meta";
+/// Read buffer when installing a snapshot from its file.
+const SNAPSHOT_READ_BUFFER_BYTES: usize = 1024 * 1024;
 /// Written by versions that kept a full copy per snapshot; removed when seen.
 const OLD_SNAPSHOT_DATA_FILE: &str = "snapshot.data";
 
@@ -140,21 +144,21 @@ fn has_snapshot(dir: &Path) -> bool {
 }
 
 /// A snapshot of the database as it is now: durable first, its meta read
-/// from the data itself.
-fn current_snapshot(mvcc: &MvccStore) -> Result<Snapshot, StorageError> {
-    let mut data = Vec::new();
-    let (summary, external) = mvcc.write_snapshot(&mut data).map_err(|e| snap_error(ErrorVerb::Write, e))?;
+/// from the same view its bytes will be written from.
+fn current_snapshot(mvcc: &MvccStore, dir: &Path) -> Result<Snapshot, StorageError> {
+    let view = mvcc.snapshot_view().map_err(|e| snap_error(ErrorVerb::Read, e))?;
+    let external = view.external_meta().map_err(|e| snap_error(ErrorVerb::Read, e))?;
     let find = |key: &str| external.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_slice());
     let last_log_id: Option<LogId> = find(META_APPLIED).map(decode).transpose()?.flatten();
     let last_membership: StoredMembership =
         find(META_MEMBERSHIP).map(decode).transpose()?.unwrap_or_default();
+    // Two views at one applied id hold the same state, so the id names it.
     let snapshot_id = match last_log_id {
-        Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, summary.rows),
-        None => format!("empty-{}", summary.rows),
+        Some(id) => format!("{}-{}", id.leader_id.term, id.index),
+        None => "empty".to_string(),
     };
-    tracing::info!(?last_log_id, rows = summary.rows, bytes = summary.bytes, "wrote a snapshot of the state");
     let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
-    Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    Ok(Snapshot { meta, snapshot: Box::new(SnapshotFile::deferred(view, dir)) })
 }
 
 /// "Builds" snapshots: makes the database durable and records what it holds.
@@ -168,16 +172,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     /// `get_current_snapshot`), so none is produced here.
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         tokio::task::block_in_place(|| {
-            self.mvcc.persist().map_err(|e| snap_error(ErrorVerb::Write, e))?;
-            let (last_log_id, last_membership) = applied_in(&self.mvcc)?;
-            let snapshot_id = match last_log_id {
-                Some(id) => format!("{}-{}", id.leader_id.term, id.index),
-                None => "empty".to_string(),
-            };
-            let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
-            save_meta(&self.snapshot_dir, &meta)?;
-            tracing::info!(last_log_id = ?meta.last_log_id, "snapshot point recorded (state made durable)");
-            Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) })
+            let snapshot = current_snapshot(&self.mvcc, &self.snapshot_dir)?;
+            save_meta(&self.snapshot_dir, &snapshot.meta)?;
+            tracing::info!(last_log_id = ?snapshot.meta.last_log_id, "snapshot point recorded (state made durable)");
+            Ok(snapshot)
         })
     }
 }
@@ -262,19 +260,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder { mvcc: self.mvcc.clone(), snapshot_dir: self.snapshot_dir.clone() }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
+        let file = SnapshotFile::empty_in(&self.snapshot_dir).map_err(|e| snap_error(ErrorVerb::Write, e))?;
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
+        let file = snapshot.into_std().await.map_err(|e| snap_error(ErrorVerb::Read, e))?;
         tokio::task::block_in_place(|| {
-            let summary =
-                self.mvcc.install_snapshot(data.as_slice()).map_err(|e| snap_error(ErrorVerb::Write, e))?;
+            let input = std::io::BufReader::with_capacity(SNAPSHOT_READ_BUFFER_BYTES, file);
+            let summary = self.mvcc.install_snapshot(input).map_err(|e| snap_error(ErrorVerb::Write, e))?;
             // The snapshot carries the applied id and membership it was built at;
             // set them from the meta openraft trusts, durably.
             let mut batch = self.mvcc.begin_apply().map_err(|e| sm_error(ErrorVerb::Write, e))?;
@@ -298,6 +297,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if !has_snapshot(&self.snapshot_dir) {
             return Ok(None);
         }
-        tokio::task::block_in_place(|| current_snapshot(&self.mvcc)).map(Some)
+        tokio::task::block_in_place(|| current_snapshot(&self.mvcc, &self.snapshot_dir)).map(Some)
     }
 }

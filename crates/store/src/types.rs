@@ -2,7 +2,6 @@
 //! returns, and what a member is.
 
 use std::fmt;
-use std::io::Cursor;
 
 use etcd_proto::fivefoldpb::{Command, CommandResponse};
 use prost::Message;
@@ -106,7 +105,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::snapshot_data::SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

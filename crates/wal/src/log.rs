@@ -321,6 +321,40 @@ impl WalReader {
         Ok(out)
     }
 
+    /// Like `read`, but stops before the record whose payload would take the
+    /// payloads read past `max_bytes` (the first record is read whatever its
+    /// size).
+    pub fn read_limited(&self, from: u64, to: u64, max_bytes: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        let segments = read_lock(&self.shared);
+        let Some(first) = segments.first_index() else { return Ok(Vec::new()) };
+        let from = from.max(first);
+        let mut out = Vec::new();
+        let mut budget = max_bytes;
+        for segment in &segments.list {
+            let Some(last) = segment.last_index() else { continue };
+            let (lo, hi) = (from.max(segment.first_index), to.min(last + 1));
+            if lo >= hi {
+                continue;
+            }
+            let position = |index: u64| (index - segment.first_index) as usize;
+            if !out.is_empty() && segment.payload_len(position(lo)) > budget {
+                break;
+            }
+            let end = segment.fit(position(lo), position(hi), budget);
+            let before = out.len();
+            segment.read(position(lo), end, &mut out)?;
+            let read: u64 = out[before..].iter().map(|(_, p)| p.len() as u64).sum();
+            if end < position(hi) || read >= budget {
+                break;
+            }
+            budget -= read;
+            if budget == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     /// One record, or `Missing`.
     pub fn get(&self, index: u64) -> Result<Vec<u8>> {
         match self.read(index, index + 1)?.pop() {

@@ -140,6 +140,25 @@ impl Segment {
         (start, end)
     }
 
+    /// The end position `hi` in `from + 1..=to` of the longest run of records
+    /// from `from` whose payloads fit in `bytes` (always at least one record).
+    pub fn fit(&self, from: usize, to: usize, bytes: u64) -> usize {
+        let header = crate::record::HEADER_BYTES as u64;
+        let start = self.offsets[from];
+        // Records `from..hi` span up to where record `hi` starts, one header each.
+        let payloads = |hi: usize| {
+            let (_, end) = self.span(from, hi);
+            end - start - header * (hi - from) as u64
+        };
+        (from + 2..=to).find(|&hi| payloads(hi) > bytes).map_or(to, |hi| hi - 1)
+    }
+
+    /// The payload length of the record at `position`.
+    pub fn payload_len(&self, position: usize) -> u64 {
+        let (start, end) = self.span(position, position + 1);
+        end - start - crate::record::HEADER_BYTES as u64
+    }
+
     /// Reads the records at positions `from..to`, checking each.
     pub fn read(&self, from: usize, to: usize, out: &mut Vec<(u64, Vec<u8>)>) -> Result<()> {
         if from >= to {

@@ -192,3 +192,23 @@ fn purge_drops_whole_segments_and_hides_the_rest() {
     assert_eq!((recovered.first_index, recovered.last_index), (Some(501), Some(509)));
     check_holds(&wal, 501, 509);
 }
+
+#[test]
+fn limited_reads_stop_at_the_byte_budget_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = filled(dir.path(), 0..200);
+    let reader = wal.reader();
+    let all = reader.read(0, 200).unwrap();
+    let sizes: Vec<u64> = all.iter().map(|(_, p)| p.len() as u64).collect();
+    for budget in [1, 100, 500, 1500, 4000] {
+        let read = reader.read_limited(0, 200, budget).unwrap();
+        assert!(!read.is_empty(), "budget {budget}: at least one record");
+        assert_eq!(read[..], all[..read.len()], "budget {budget}: a prefix, in order");
+        let held: u64 = sizes[..read.len()].iter().sum();
+        // Within the budget (unless one record alone is larger), and short of
+        // it only by less than the next record.
+        assert!(held <= budget || read.len() == 1, "budget {budget}: {held} bytes read");
+        assert!(held + sizes[read.len()] > budget, "budget {budget}: stopped early at {held}");
+    }
+    assert_eq!(reader.read_limited(10, 20, u64::MAX).unwrap(), reader.read(10, 20).unwrap());
+}
