@@ -37,6 +37,34 @@ fn stamp_txn(resp: &mut TxnResponse, template: &ResponseHeader) {
     }
 }
 
+/// True when a Range reads one key: a seek or two, cheaper to serve on the
+/// runtime worker than to hand to the blocking pool (two thread switches).
+/// Anything that may scan goes to the pool, so a worker never stalls on it.
+fn is_point_read(req: &RangeRequest) -> bool {
+    req.range_end.is_empty()
+}
+
+/// True when every Range a read-only Txn may run (both branches, nested too)
+/// is a point read; compares read one key each.
+fn txn_reads_points(req: &TxnRequest) -> bool {
+    use etcd_proto::etcdserverpb::request_op::Request as Op;
+    req.compare.iter().all(|c| c.range_end.is_empty())
+        && req.success.iter().chain(&req.failure).all(|op| match &op.request {
+            Some(Op::RequestRange(r)) => is_point_read(r),
+            Some(Op::RequestTxn(t)) => txn_reads_points(t),
+            _ => true,
+        })
+}
+
+/// Runs a read here when it is a point read, else on the blocking pool.
+async fn read<T: Send + 'static>(point: bool, f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+    if point {
+        Ok(f())
+    } else {
+        tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
 fn unexpected(resp: &CommandResponse) -> Status {
     tracing::error!(?resp, "applied command returned the wrong response kind");
     Status::internal("etcdserver: unexpected response kind")
@@ -63,10 +91,7 @@ impl Kv for KvService {
             self.node.read_barrier().await?;
         }
         let mvcc = self.node.mvcc.clone();
-        let mut resp = tokio::task::spawn_blocking(move || mvcc.range(&req))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(kv_status)?;
+        let mut resp = read(is_point_read(&req), move || mvcc.range(&req)).await?.map_err(kv_status)?;
         let revision = resp.header.as_ref().map_or(0, |h| h.revision);
         resp.header = self.header(revision);
         Ok(Response::new(resp))
@@ -111,10 +136,8 @@ impl Kv for KvService {
             let template = self.node.header(0);
             self.node.read_barrier().await?;
             let mvcc = self.node.mvcc.clone();
-            let mut resp = tokio::task::spawn_blocking(move || mvcc.read_only_txn(&req))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(kv_status)?;
+            let mut resp =
+                read(txn_reads_points(&req), move || mvcc.read_only_txn(&req)).await?.map_err(kv_status)?;
             stamp_txn(&mut resp, &template);
             return Ok(Response::new(resp));
         }
@@ -146,5 +169,41 @@ impl Kv for KvService {
             }
             _ => Err(unexpected(&resp)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use etcd_proto::etcdserverpb::{request_op, Compare, RequestOp};
+
+    use super::*;
+
+    fn range(key: &str, end: &str) -> RangeRequest {
+        RangeRequest { key: key.into(), range_end: end.into(), ..Default::default() }
+    }
+
+    fn op(r: RangeRequest) -> RequestOp {
+        RequestOp { request: Some(request_op::Request::RequestRange(r)) }
+    }
+
+    #[test]
+    fn only_reads_of_single_keys_stay_on_the_worker() {
+        assert!(is_point_read(&range("a", "")));
+        assert!(!is_point_read(&range("a", "b")));
+        assert!(!is_point_read(&range("\0", "\0")), "the whole key space");
+        let point = TxnRequest { success: vec![op(range("a", ""))], ..Default::default() };
+        assert!(txn_reads_points(&point));
+        let scans_on_failure = TxnRequest { failure: vec![op(range("a", "z"))], ..point.clone() };
+        assert!(!txn_reads_points(&scans_on_failure));
+        let nested = TxnRequest {
+            success: vec![RequestOp { request: Some(request_op::Request::RequestTxn(scans_on_failure)) }],
+            ..Default::default()
+        };
+        assert!(!txn_reads_points(&nested));
+        let compare_range = TxnRequest {
+            compare: vec![Compare { key: b"a".to_vec(), range_end: b"z".to_vec(), ..Default::default() }],
+            ..point
+        };
+        assert!(!txn_reads_points(&compare_range));
     }
 }
