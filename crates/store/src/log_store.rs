@@ -292,8 +292,10 @@ impl Writer {
                 outcome
             }
             Change::Purge(log_id) => {
+                let started = Instant::now();
                 let outcome = write_meta(&self.dir, PURGED_FILE, &log_id, true)
                     .and_then(|()| self.wal.purge_to(log_id.index).map_err(write_err));
+                tracing::debug!(to = log_id.index, took = ?started.elapsed(), "raft log purged");
                 if outcome.is_ok() {
                     *lock(&self.purged) = Some(log_id);
                     lock(&self.recent).purge(log_id.index);

@@ -170,6 +170,7 @@ fn purge_drops_whole_segments_and_hides_the_rest() {
     let before = segment_files(dir.path()).len();
     wal.purge_to(100).unwrap();
     check_holds(&wal, 101, 200);
+    wal.settle();
     let after = segment_files(dir.path());
     assert!(after.len() < before, "segments wholly below the purge point are deleted");
     let oldest: u64 = after[0][..20].parse().unwrap();
@@ -183,6 +184,7 @@ fn purge_drops_whole_segments_and_hides_the_rest() {
     // Purging past the end empties the log; it then continues anywhere later.
     wal.purge_to(500).unwrap();
     assert_eq!(wal.reader().bounds(), None);
+    wal.settle();
     assert!(segment_files(dir.path()).is_empty());
     assert!(matches!(wal.append([(400, &b"old"[..])]), Err(WalError::OutOfOrder { .. })));
     append(&mut wal, 501..510);
