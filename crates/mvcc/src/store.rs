@@ -155,7 +155,9 @@ impl MvccStore {
         self.note_file_size();
     }
 
-    /// Reads the file's length again; called after anything that may change it.
+    /// Reads the file's length again; called after anything that may change
+    /// it (commits may grow or shrink it). Two racing commits may store their
+    /// reads out of order; the next commit corrects that.
     fn note_file_size(&self) {
         let bytes = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
         self.file_bytes.store(bytes, Ordering::Release);
@@ -177,19 +179,30 @@ impl MvccStore {
 
     /// Serves a Range from the last applied state.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, KvError> {
-        let txn = self.begin_read()?;
-        let (current, compacted) = read_revisions(&txn.open_table(META)?)?;
-        let kv = txn.open_table(KV)?;
-        read::range(&kv, req, ReadView { current, compacted })
+        range_in(self.begin_read()?, req)
     }
 
     /// Serves a Txn that only reads (see `validate::txn_is_read_only`).
     pub fn read_only_txn(&self, req: &TxnRequest) -> Result<TxnResponse, KvError> {
-        assert!(crate::validate::txn_is_read_only(req), "only read-only txns are served off the log");
-        let txn = self.begin_read()?;
-        let (current, compacted) = read_revisions(&txn.open_table(META)?)?;
-        let kv = txn.open_table(KV)?;
-        read_only_txn(&kv, req, ReadView { current, compacted })
+        read_only_txn_in(self.begin_read()?, req)
+    }
+
+    /// Like `range`, but `None` at once instead of waiting while the
+    /// database is taken for a defragmentation: for callers that must not
+    /// block (an async worker), which then wait elsewhere.
+    pub fn try_range(&self, req: &RangeRequest) -> Option<Result<RangeResponse, KvError>> {
+        let txn = self.try_begin_read()?;
+        Some(txn.map_err(KvError::from).and_then(|txn| range_in(txn, req)))
+    }
+
+    /// `read_only_txn` that does not wait; see `try_range`.
+    pub fn try_read_only_txn(&self, req: &TxnRequest) -> Option<Result<TxnResponse, KvError>> {
+        let txn = self.try_begin_read()?;
+        Some(txn.map_err(KvError::from).and_then(|txn| read_only_txn_in(txn, req)))
+    }
+
+    fn try_begin_read(&self) -> Option<Result<redb::ReadTransaction, redb::TransactionError>> {
+        Some(self.db.try_read().ok()?.begin_read())
     }
 
     /// Reads a value stored by the layer above with `ApplyBatch::put_meta`.
@@ -224,6 +237,19 @@ impl MvccStore {
         txn.abort()?;
         Ok(used)
     }
+}
+
+fn range_in(txn: redb::ReadTransaction, req: &RangeRequest) -> Result<RangeResponse, KvError> {
+    let (current, compacted) = read_revisions(&txn.open_table(META)?)?;
+    let kv = txn.open_table(KV)?;
+    read::range(&kv, req, ReadView { current, compacted })
+}
+
+fn read_only_txn_in(txn: redb::ReadTransaction, req: &TxnRequest) -> Result<TxnResponse, KvError> {
+    assert!(crate::validate::txn_is_read_only(req), "only read-only txns are served off the log");
+    let (current, compacted) = read_revisions(&txn.open_table(META)?)?;
+    let kv = txn.open_table(KV)?;
+    read_only_txn(&kv, req, ReadView { current, compacted })
 }
 
 fn read_only_txn(kv: &impl read::Rows, req: &TxnRequest, view: ReadView) -> Result<TxnResponse, KvError> {

@@ -56,13 +56,10 @@ fn txn_reads_points(req: &TxnRequest) -> bool {
         })
 }
 
-/// Runs a read here when it is a point read, else on the blocking pool.
-async fn read<T: Send + 'static>(point: bool, f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
-    if point {
-        Ok(f())
-    } else {
-        tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(e.to_string()))
-    }
+/// Runs a read on the blocking pool (it may scan, or the database is taken
+/// for a defragmentation and the read would wait).
+async fn on_pool<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(e.to_string()))
 }
 
 fn unexpected(resp: &CommandResponse) -> Status {
@@ -91,7 +88,12 @@ impl Kv for KvService {
             self.node.read_barrier().await?;
         }
         let mvcc = self.node.mvcc.clone();
-        let mut resp = read(is_point_read(&req), move || mvcc.range(&req)).await?.map_err(kv_status)?;
+        let inline = if is_point_read(&req) { mvcc.try_range(&req) } else { None };
+        let resp = match inline {
+            Some(resp) => resp,
+            None => on_pool(move || mvcc.range(&req)).await?,
+        };
+        let mut resp = resp.map_err(kv_status)?;
         let revision = resp.header.as_ref().map_or(0, |h| h.revision);
         resp.header = self.header(revision);
         Ok(Response::new(resp))
@@ -136,8 +138,12 @@ impl Kv for KvService {
             let template = self.node.header(0);
             self.node.read_barrier().await?;
             let mvcc = self.node.mvcc.clone();
-            let mut resp =
-                read(txn_reads_points(&req), move || mvcc.read_only_txn(&req)).await?.map_err(kv_status)?;
+            let inline = if txn_reads_points(&req) { mvcc.try_read_only_txn(&req) } else { None };
+            let resp = match inline {
+                Some(resp) => resp,
+                None => on_pool(move || mvcc.read_only_txn(&req)).await?,
+            };
+            let mut resp = resp.map_err(kv_status)?;
             stamp_txn(&mut resp, &template);
             return Ok(Response::new(resp));
         }

@@ -430,36 +430,64 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let budget = APPEND_ENTRIES_BYTES_MAX;
         let first_cached = lock(&self.recent).first_in(start, end).unwrap_or(end);
         let mut out = Vec::new();
-        let mut bytes = 0;
         if start < first_cached {
-            let records = blocking(|| self.reader.read_limited(start, first_cached, budget as u64))
-                .map_err(read_err)?;
-            for (index, record) in records {
+            out = self.read_from_disk(start, first_cached, budget)?;
+            let bytes: usize = out.iter().map(payload_bytes).sum();
+            let reaches_cache = out.last().is_some_and(|e| e.log_id.index + 1 == first_cached);
+            if !reaches_cache || bytes >= budget {
+                return Ok(starting_at(start, out));
+            }
+        }
+        // The rest from memory, continuing exactly where the disk part ended.
+        // An entry leaves `recent` only once readable from disk, so one
+        // evicted meanwhile is simply not sent this time...
+        {
+            let mut bytes: usize = out.iter().map(payload_bytes).sum();
+            let recent = lock(&self.recent);
+            for (index, cached) in recent.entries.range(first_cached.max(start)..end) {
+                let next = out.last().map_or(start, |e: &Entry| e.log_id.index + 1);
+                if *index != next {
+                    break;
+                }
+                let size = payload_bytes(&cached.entry);
+                if !out.is_empty() && bytes + size > budget {
+                    break;
+                }
+                bytes += size;
+                out.push(cached.entry.clone());
+            }
+        }
+        // ...unless that left nothing: then it all comes from disk.
+        if out.is_empty() {
+            out = self.read_from_disk(start, end, budget)?;
+        }
+        Ok(starting_at(start, out))
+    }
+}
+
+impl LogStore {
+    fn read_from_disk(&self, from: u64, to: u64, budget: usize) -> Result<Vec<Entry>, StorageError> {
+        let records = blocking(|| self.reader.read_limited(from, to, budget as u64)).map_err(read_err)?;
+        records
+            .into_iter()
+            .map(|(index, record)| {
                 let entry: Entry = decode(&record)?;
                 assert_eq!(entry.log_id.index, index, "a log record holds the entry of its index");
-                bytes += payload_bytes(&entry);
-                out.push(entry);
-            }
-            let contiguous = out.last().is_some_and(|e| e.log_id.index + 1 == first_cached);
-            if !contiguous || bytes >= budget {
-                return Ok(out);
-            }
+                Ok(entry)
+            })
+            .collect()
+    }
+}
+
+/// `entries` if they start at `start`; none if `start` was purged meanwhile
+/// (openraft then asks again, and sends a snapshot once it sees the purge).
+fn starting_at(start: u64, entries: Vec<Entry>) -> Vec<Entry> {
+    match entries.first() {
+        Some(first) if first.log_id.index != start => {
+            tracing::debug!(start, first = first.log_id.index, "replication read found its start purged");
+            Vec::new()
         }
-        // The rest from memory. An entry leaves `recent` only once readable
-        // from disk, so one evicted meanwhile is simply not sent this time.
-        let recent = lock(&self.recent);
-        for (index, cached) in recent.entries.range(first_cached.max(start)..end) {
-            if out.last().is_some_and(|e: &Entry| e.log_id.index + 1 != *index) {
-                break;
-            }
-            let size = payload_bytes(&cached.entry);
-            if !out.is_empty() && bytes + size > budget {
-                break;
-            }
-            bytes += size;
-            out.push(cached.entry.clone());
-        }
-        Ok(out)
+        _ => entries,
     }
 }
 

@@ -75,7 +75,9 @@ pub struct Wal {
 /// loading 4 GiB), and appends must not wait for it. A purged segment is
 /// already unreadable and the caller has recorded the purge point durably,
 /// so a deletion cut short by a crash is simply done again when the log is
-/// opened and purged to that point. Dropping the log waits for its deletions.
+/// opened and purged to that point — as long as the files left are
+/// contiguous with the live ones, which is why a purge that empties the log
+/// deletes synchronously. Dropping the log waits for its deletions.
 struct Deleter {
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -96,9 +98,13 @@ impl Deleter {
                 for job in queue {
                     match job {
                         Job::Delete(segments) => {
+                            // Oldest first, stopping at a failure: what is left
+                            // stays contiguous with the live segments, so the
+                            // log still opens (and purges it again).
                             for segment in &segments {
                                 if let Err(e) = remove(segment) {
                                     tracing::warn!(error = %e, "deleting a purged wal segment; it goes at the next open");
+                                    break;
                                 }
                             }
                             // The last handles close here, which frees the blocks.
@@ -347,9 +353,22 @@ impl Wal {
             })
             .count();
         let removed: Vec<Segment> = segments.list.drain(..gone).collect();
+        let emptied = segments.list.is_empty();
         self.staged_end = segments.list.last().map_or(0, |s| s.end);
         drop(segments);
-        if !removed.is_empty() {
+        if removed.is_empty() {
+            return Ok(());
+        }
+        if emptied {
+            // The next append starts a segment past a gap: were old files
+            // still there after a crash, the log would not open. Delete them
+            // now (this happens when a snapshot replaces the whole log).
+            self.settle();
+            for segment in &removed {
+                remove(segment)?;
+            }
+            segment::sync_dir(&self.dir)?;
+        } else {
             self.deleter.send(Job::Delete(removed));
         }
         Ok(())
