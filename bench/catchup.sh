@@ -48,8 +48,10 @@ wait_for() {
 
 seconds_since() { python3 -c "print(f'{($(date +%s%N) - $1) / 1e9:.1f}')"; }
 
-echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); etcd $(etcd --version | head -1 | awk '{print $3}'); $MEMBERS members; $KEYS keys of $VAL_SIZE bytes written while m2 is down"
-base=34379
+machine_line "$MEMBERS members; $KEYS keys of $VAL_SIZE bytes written while m2 is down"
+# Ports below the ephemeral range (32768+), so no client connection takes a
+# stopped member's port.
+base=26379
 for system in $SYSTEMS; do
     if [ "$system" = fivefold ]; then
         # shellcheck disable=SC2206
@@ -57,11 +59,11 @@ for system in $SYSTEMS; do
     else
         FLAGS=(--quota-backend-bytes "$QUOTA" --snapshot-count 1000)
     fi
-    endpoints=$(start "$system" $base "${FLAGS[@]}")
+    start "$system" $base "${FLAGS[@]}" >/dev/null
     up="127.0.0.1:$base,127.0.0.1:$((base + 10))"
     late="127.0.0.1:$((base + 20))"
     kill "$(cat "$WORK/$system-m2.pid")"
-    while kill -0 "$(cat "$WORK/$system-m2.pid")" 2>/dev/null; do sleep 0.1; done
+    wait_gone "$(cat "$WORK/$system-m2.pid")" || { echo "$system: m2 did not stop" >&2; exit 1; }
     echo "$system: m2 stopped; loading $KEYS keys of $VAL_SIZE bytes ..." >&2
     "$FIVEFOLD" bench put --endpoints "$up" --clients 100 --conns 10 --total "$KEYS" \
         --key-space-size "$KEYS" --sequential-keys --val-size "$VAL_SIZE" --time-limit 3600s >/dev/null
@@ -71,7 +73,7 @@ for system in $SYSTEMS; do
 
     # A member holding all the data restarts: its start must not copy the state.
     kill "$(cat "$WORK/$system-m0.pid")"
-    while kill -0 "$(cat "$WORK/$system-m0.pid")" 2>/dev/null; do sleep 0.1; done
+    wait_gone "$(cat "$WORK/$system-m0.pid")" || { echo "$system: m0 did not stop" >&2; exit 1; }
     started=$(date +%s%N)
     start_member "$system" $base 0 "${FLAGS[@]}"
     wait_for "127.0.0.1:$base" "$target" m0

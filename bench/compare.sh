@@ -31,9 +31,9 @@ WORKLOADS=(
     "txn-put-100x10|txn-put --clients 100 --conns 10 --total 10000 --key-space-size 1000"
 )
 
-echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); etcd $(etcd --version | head -1 | awk '{print $3}'); $MEMBERS members; $ROUNDS rounds"
+machine_line "$MEMBERS members; $ROUNDS rounds"
 ETCD=$(start etcd 32379)
-FIVE=$(start fivefold 42379)
+FIVE=$(start fivefold 21379)
 RESULTS="$WORK/results.tsv"
 for entry in "${WORKLOADS[@]}"; do
     name=${entry%%|*}; args=${entry#*|}

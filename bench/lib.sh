@@ -7,26 +7,34 @@
 # to 10 s for them to exit, then kills what is left: the next run must not
 # meet them.
 stop_members() {
-    local pids pid alive
+    local pids pid
     pids=($(cat "$WORK"/*.pids 2>/dev/null || true))
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for _ in $(seq 100); do
-        alive=0
-        # Zombies count as gone: nothing may reap members whose parent exited.
-        for pid in "${pids[@]}"; do grep -qs '^State:[[:space:]]*[^Z]' "/proc/$pid/status" && alive=1; done
-        [ $alive = 0 ] && break
-        sleep 0.1
-    done
+    wait_gone "${pids[@]}" || true
     for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
     rm -f "$WORK"/*.pids "$WORK"/*.pid
 }
 
+# wait_gone PID...: waits up to 10 s for the processes to exit; fails if one
+# is still running. Zombies count as gone: members started in a command
+# substitution have no parent here to reap them.
+wait_gone() {
+    local pid alive
+    for _ in $(seq 100); do
+        alive=0
+        for pid in "$@"; do grep -qs '^State:[[:space:]]*[^Z]' "/proc/$pid/status" && alive=1; done
+        [ $alive = 0 ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
 ensure_tools() {
-    if ! command -v etcd >/dev/null 2>&1; then
+    if ! command -v etcd >/dev/null 2>&1 || ! command -v etcdctl >/dev/null 2>&1; then
         if [ "$(id -u)" = 0 ]; then
-            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null
         else
-            echo "etcd not found: apt-get install etcd-server" >&2; exit 1
+            echo "etcd or etcdctl not found: apt-get install etcd-server etcd-client" >&2; exit 1
         fi
     fi
     [ -x "$FIVEFOLD" ] || cargo build --release -p cli
@@ -73,6 +81,11 @@ start() {
     exit 1
 }
 
+# machine_line DETAILS: the line each report opens with.
+machine_line() {
+    echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); etcd $(etcd --version | head -1 | awk '{print $3}'); $*"
+}
+
 # member_rss_mib PID FIELD: one process's VmHWM (peak) or VmRSS (now), MiB.
 member_rss_mib() {
     local kb
@@ -82,10 +95,10 @@ member_rss_mib() {
 
 # rss_mib SYSTEM FIELD: the largest member's VmHWM (peak) or VmRSS (now), MiB.
 rss_mib() {
-    local total=0 pid kb
+    local largest=0 pid mib
     for pid in $(cat "$WORK/$1.pids"); do
-        kb=$(awk -v f="$2:" '$1 == f {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-        total=$((total > ${kb:-0} ? total : ${kb:-0}))
+        mib=$(member_rss_mib "$pid" "$2")
+        largest=$((largest > mib ? largest : mib))
     done
-    echo $((total / 1024))
+    echo "$largest"
 }

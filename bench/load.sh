@@ -23,7 +23,7 @@ FIVEFOLD=${FIVEFOLD:-target/release/fivefold}
 WORK=$(mktemp -d /tmp/fivefold-load.XXXXXX)
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-trap 'stop_members; rm -rf "$WORK"' EXIT
+trap 'stop_members; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
 ensure_tools
 
 QUOTA=$((KEYS * (VAL_SIZE + 100) * 2 + 4 * 1024 * 1024 * 1024))
@@ -35,17 +35,17 @@ PROBES=(
 RESULTS="$WORK/results.tsv"
 
 probe() { # SYSTEM ENDPOINTS WHEN
-    local entry name args
+    local entry name args json
     for entry in "${PROBES[@]}"; do
         name=${entry%%|*}; args=${entry#*|}
         # shellcheck disable=SC2086
-        printf '%s\t%s\t%s\t%s\n' "$1" "$3" "$name" \
-            "$("$FIVEFOLD" bench $args --endpoints "$2" --time-limit 60s --json)" >>"$RESULTS"
+        json=$("$FIVEFOLD" bench $args --endpoints "$2" --time-limit 60s --json)
+        printf '%s\t%s\t%s\t%s\n' "$1" "$3" "$name" "$json" >>"$RESULTS"
     done
 }
 
-echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); etcd $(etcd --version | head -1 | awk '{print $3}'); $MEMBERS members; $KEYS keys of $VAL_SIZE bytes"
-base=33379
+machine_line "$MEMBERS members; $KEYS keys of $VAL_SIZE bytes"
+base=24379
 for system in $SYSTEMS; do
     # shellcheck disable=SC2086
     endpoints=$(start "$system" $base --quota-backend-bytes "$QUOTA" ${FLAGS:-})

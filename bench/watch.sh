@@ -13,12 +13,12 @@ FIVEFOLD=${FIVEFOLD:-target/release/fivefold}
 WORK=$(mktemp -d /tmp/fivefold-watch.XXXXXX)
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-trap 'stop_members; rm -rf "$WORK"' EXIT
+trap 'stop_members; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
 ensure_tools
 
-echo "machine: $(nproc) cores; etcd $(etcd --version | head -1 | awk '{print $3}'); $MEMBERS members each"
-ETCD=$(start etcd 34379)
-FIVE=$(start fivefold 44379)
+machine_line "$MEMBERS members each"
+ETCD=$(start etcd 28379)
+FIVE=$(start fivefold 29379)
 for shape in $SHAPES; do
     IFS=: read -r watchers rate puts <<<"$shape"
     conns=$((watchers >= 10000 ? 30 : 10))

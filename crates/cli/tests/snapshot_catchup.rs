@@ -138,8 +138,8 @@ async fn lagging_follower_catches_up_by_snapshot() {
     .await;
 }
 
-/// Values this large make a count-bounded AppendEntries (1,024 entries) far
-/// bigger than a peer message may be.
+/// Values this large make a count-bounded AppendEntries (1,024 entries of
+/// 64 KiB plus their framing) larger than a peer message may be (64 MiB).
 const LARGE_VALUE_BYTES: usize = 64 * 1024;
 const LARGE_KEYS: usize = 1200;
 

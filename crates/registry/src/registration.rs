@@ -106,8 +106,6 @@ impl Registration {
     }
 }
 
-/// Whether `error` is etcd-client's report of a keep-alive answered with TTL 0:
-/// the lease is gone.
 /// etcd-client's report of a keep-alive answered with TTL 0: the lease is gone.
 pub(crate) fn lease_gone(error: &client::etcd_client::Error) -> bool {
     matches!(error, client::etcd_client::Error::LeaseKeepAliveError(m) if m.contains("lease not found"))

@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 use tonic::Status;
 
-use crate::node::{never_sent, StoreNode, LEADER_CHANGED, NOT_LEADER, REQUEST_TIMED_OUT};
-use crate::proposer::{batch_of, responses_of, BATCH_BYTES_MAX, BATCH_COMMANDS_MAX};
+use crate::node::{never_sent, within, StoreNode, LEADER_CHANGED, NOT_LEADER, REQUEST_TIMED_OUT};
+use crate::proposer::{batch_of, responses_of, stopped, BATCH_BYTES_MAX, BATCH_COMMANDS_MAX};
 use crate::types::{Member, NodeId};
 
 /// Writes waiting to be forwarded, at most; callers wait beyond that.
@@ -42,28 +42,20 @@ pub fn queue() -> (mpsc::Sender<Forward>, ForwardQueue) {
     mpsc::channel(FORWARDS_QUEUED_MAX)
 }
 
-fn stopped() -> Status {
-    Status::unavailable("etcdserver: server stopped")
-}
-
 impl StoreNode {
     /// Sends `command` to the leader `leader_id` with whatever else is
     /// waiting, and waits for its response until `deadline`.
     pub(crate) async fn forward(
         &self,
         leader_id: NodeId,
-        leader: &Member,
+        leader: Member,
         command: Command,
         deadline: Instant,
     ) -> Result<CommandResponse, Status> {
         let (reply, response) = oneshot::channel();
-        let forward = Forward { leader_id, leader: leader.clone(), command, deadline, reply };
+        let forward = Forward { leader_id, leader, command, deadline, reply };
         self.forwards.send(forward).await.map_err(|_| stopped())?;
-        match tokio::time::timeout_at(deadline, response).await {
-            Err(_) => Err(Status::unavailable(REQUEST_TIMED_OUT)),
-            Ok(Err(_)) => Err(stopped()),
-            Ok(Ok(outcome)) => outcome,
-        }
+        within(deadline, async { response.await.map_err(|_| stopped())? }).await
     }
 
     /// Takes the waiting writes, one batch per leader, one RPC per batch.
@@ -71,15 +63,9 @@ impl StoreNode {
     pub async fn run_forwards(self: Arc<Self>) {
         let Some(mut queue) = self.forward_queue.lock().expect("forward queue lock").take() else { return };
         let in_flight = Arc::new(Semaphore::new(FORWARDS_IN_FLIGHT_MAX));
-        while let Some(first) = queue.recv().await {
-            let mut waiting = vec![first];
-            while waiting.len() < BATCH_COMMANDS_MAX {
-                match queue.try_recv() {
-                    Ok(next) => waiting.push(next),
-                    Err(_) => break,
-                }
-            }
-            for batch in batches(waiting) {
+        let mut waiting = Vec::new();
+        while queue.recv_many(&mut waiting, BATCH_COMMANDS_MAX).await > 0 {
+            for batch in batches(std::mem::take(&mut waiting)) {
                 let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
                 let node = self.clone();
                 tokio::spawn(async move {

@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use wal::{meta, Wal, WalOptions, WalReader};
 
-use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::types::{payload_bytes, Entry, LogId, StorageError, TypeConfig, Vote};
 
 const VOTE_FILE: &str = "vote";
 const COMMITTED_FILE: &str = "committed";
@@ -430,9 +430,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let budget = APPEND_ENTRIES_BYTES_MAX;
         let first_cached = lock(&self.recent).first_in(start, end).unwrap_or(end);
         let mut out = Vec::new();
+        let mut bytes = 0;
         if start < first_cached {
             out = self.read_from_disk(start, first_cached, budget)?;
-            let bytes: usize = out.iter().map(payload_bytes).sum();
+            bytes = out.iter().map(payload_bytes).sum();
             let reaches_cache = out.last().is_some_and(|e| e.log_id.index + 1 == first_cached);
             if !reaches_cache || bytes >= budget {
                 return Ok(starting_at(start, out));
@@ -442,7 +443,6 @@ impl RaftLogReader<TypeConfig> for LogStore {
         // An entry leaves `recent` only once readable from disk, so one
         // evicted meanwhile is simply not sent this time...
         {
-            let mut bytes: usize = out.iter().map(payload_bytes).sum();
             let recent = lock(&self.recent);
             for (index, cached) in recent.entries.range(first_cached.max(start)..end) {
                 let next = out.last().map_or(start, |e: &Entry| e.log_id.index + 1);
@@ -488,14 +488,6 @@ fn starting_at(start: u64, entries: Vec<Entry>) -> Vec<Entry> {
             Vec::new()
         }
         _ => entries,
-    }
-}
-
-/// Bytes an entry's payload takes, as the budget of a message counts them.
-fn payload_bytes(entry: &Entry) -> usize {
-    match &entry.payload {
-        openraft::EntryPayload::Normal(request) => prost::Message::encoded_len(&request.0),
-        _ => 0,
     }
 }
 

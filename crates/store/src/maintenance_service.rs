@@ -22,8 +22,6 @@ use crate::node::{kv_status, StoreNode};
 pub const ETCD_COMPATIBLE_VERSION: &str = "3.5.17";
 /// Bytes per message of a snapshot stream.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 64 * 1024;
-/// Buffer between the database reader and a snapshot file.
-const SNAPSHOT_WRITE_BUFFER_BYTES: usize = 1024 * 1024;
 
 pub struct MaintenanceService {
     pub node: Arc<StoreNode>,
@@ -35,16 +33,13 @@ fn internal(e: impl std::fmt::Display) -> Status {
 
 /// Writes a snapshot sealed as etcd's are to a new unnamed file in `dir`;
 /// returns it positioned at its start, with its length.
-fn sealed_snapshot(mvcc: &mvcc::MvccStore, dir: &std::path::Path) -> Result<(std::fs::File, u64), String> {
-    use std::io::{Seek, SeekFrom};
-    let io = |e: std::io::Error| e.to_string();
-    let file = crate::snapshot_data::unnamed_file(dir).map_err(io)?;
-    let mut sealer =
-        mvcc::snapshot::Sealer::new(std::io::BufWriter::with_capacity(SNAPSHOT_WRITE_BUFFER_BYTES, file));
-    mvcc.write_snapshot(&mut sealer).map_err(|e| e.to_string())?;
-    let mut file = sealer.finish().map_err(io)?.into_inner().map_err(|e| io(e.into_error()))?;
-    let total = file.seek(SeekFrom::End(0)).map_err(io)?;
-    file.seek(SeekFrom::Start(0)).map_err(io)?;
+fn sealed_snapshot(mvcc: &mvcc::MvccStore, dir: &std::path::Path) -> std::io::Result<(std::fs::File, u64)> {
+    let file = crate::snapshot_data::spill(dir, |out| {
+        let mut sealer = mvcc::snapshot::Sealer::new(out);
+        mvcc.write_snapshot(&mut sealer).map_err(std::io::Error::other)?;
+        sealer.finish().map(drop)
+    })?;
+    let total = file.metadata()?.len();
     Ok((file, total))
 }
 

@@ -26,7 +26,7 @@ use crate::config::StoreConfig;
 use crate::identity::Identity;
 use crate::lessor::Lessor;
 use crate::network::PeerChannels;
-use crate::proposer::Proposer;
+use crate::proposer::{stopped, Proposer};
 use crate::types::{Member, NodeId, Raft};
 use crate::watch_hub::WatchHub;
 
@@ -155,7 +155,7 @@ impl StoreNode {
             }
             match tokio::time::timeout_at(deadline, metrics.changed()).await {
                 Ok(Ok(())) => continue,
-                Ok(Err(_)) => return Err(Status::unavailable("etcdserver: server stopped")),
+                Ok(Err(_)) => return Err(stopped()),
                 Err(_) => return Err(Status::unavailable(NO_LEADER)),
             }
         }
@@ -205,7 +205,7 @@ impl StoreNode {
             let result = if leader_id == self.member_id {
                 self.propose_here(command.clone(), deadline).await
             } else {
-                self.forward(leader_id, &leader, command.clone(), deadline).await
+                self.forward(leader_id, leader, command.clone(), deadline).await
             };
             match result {
                 Err(status) if status.message() == NOT_LEADER => {
@@ -245,12 +245,8 @@ impl StoreNode {
     pub async fn read_barrier(&self) -> Result<(), Status> {
         let deadline = Instant::now() + self.config.request_timeout;
         let (reply, index) = tokio::sync::oneshot::channel();
-        self.read_rounds.send(reply).await.map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
-        let index = match tokio::time::timeout_at(deadline, index).await {
-            Err(_) => return Err(Status::unavailable(REQUEST_TIMED_OUT)),
-            Ok(Err(_)) => return Err(Status::unavailable("etcdserver: server stopped")),
-            Ok(Ok(index)) => index?,
-        };
+        self.read_rounds.send(reply).await.map_err(|_| stopped())?;
+        let index = within(deadline, async { index.await.map_err(|_| stopped())? }).await?;
         self.wait_applied(index, deadline).await
     }
 
@@ -263,16 +259,10 @@ impl StoreNode {
         let Some(mut waiting) = self.read_round_queue.lock().expect("read round queue lock").take() else {
             return;
         };
-        while let Some(first) = waiting.recv().await {
-            let mut readers = vec![first];
-            while readers.len() < READS_PER_ROUND_MAX {
-                match waiting.try_recv() {
-                    Ok(next) => readers.push(next),
-                    Err(_) => break,
-                }
-            }
+        let mut readers = Vec::new();
+        while waiting.recv_many(&mut readers, READS_PER_ROUND_MAX).await > 0 {
             let index = self.read_index().await;
-            for reader in readers {
+            for reader in readers.drain(..) {
                 let _ = reader.send(index.clone());
             }
         }

@@ -48,7 +48,7 @@ impl std::fmt::Debug for Proposer {
     }
 }
 
-fn stopped() -> Status {
+pub(crate) fn stopped() -> Status {
     Status::unavailable("etcdserver: server stopped")
 }
 

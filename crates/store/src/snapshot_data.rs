@@ -112,14 +112,30 @@ impl SnapshotFile {
     }
 }
 
-/// Writes `view` to a new unnamed file in `dir`, durably enough to read back.
-fn write_view(view: &mvcc::SnapshotView, dir: &Path) -> io::Result<std::fs::File> {
-    let started = std::time::Instant::now();
+/// Writes what `fill` writes, through a buffer, to a new unnamed file in
+/// `dir`; returns the file positioned at its start.
+pub fn spill(
+    dir: &Path,
+    fill: impl FnOnce(&mut dyn io::Write) -> io::Result<()>,
+) -> io::Result<std::fs::File> {
     let mut out = io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, unnamed_file(dir)?);
-    let summary = view.write(&mut out).map_err(io::Error::other)?;
+    fill(&mut out)?;
     let mut file = out.into_inner().map_err(|e| e.into_error())?;
     io::Seek::seek(&mut file, SeekFrom::Start(0))?;
-    tracing::info!(rows = summary.rows, bytes = summary.bytes, took = ?started.elapsed(), "wrote a snapshot of the state");
+    Ok(file)
+}
+
+/// Writes `view` to a new unnamed file in `dir`.
+fn write_view(view: &mvcc::SnapshotView, dir: &Path) -> io::Result<std::fs::File> {
+    let started = std::time::Instant::now();
+    let mut summary = None;
+    let file = spill(dir, |out| {
+        summary = Some(view.write(out).map_err(io::Error::other)?);
+        Ok(())
+    })?;
+    if let Some(summary) = summary {
+        tracing::info!(rows = summary.rows, bytes = summary.bytes, took = ?started.elapsed(), "wrote a snapshot of the state");
+    }
     Ok(file)
 }
 

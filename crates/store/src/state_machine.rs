@@ -32,7 +32,8 @@ use serde::de::DeserializeOwned;
 use crate::lessor::Lessor;
 use crate::snapshot_data::SnapshotFile;
 use crate::types::{
-    Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    payload_bytes, Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig,
 };
 use crate::watch_hub::WatchHub;
 
@@ -123,21 +124,11 @@ impl StateMachine {
             bytes_since_durable: 0,
         })
     }
-}
 
-impl StateMachine {
     /// Whether this apply commits durably: once `PERSIST_INTERVAL` has
     /// passed, or `PERSIST_BYTES` were applied since the last durable commit.
     fn durable_now(&self) -> bool {
         self.last_durable.elapsed() >= PERSIST_INTERVAL || self.bytes_since_durable >= PERSIST_BYTES
-    }
-}
-
-/// Bytes an entry's payload takes.
-fn payload_bytes(entry: &Entry) -> usize {
-    match &entry.payload {
-        EntryPayload::Normal(request) => prost::Message::encoded_len(&request.0),
-        _ => 0,
     }
 }
 
@@ -160,7 +151,14 @@ fn save_meta(dir: &Path, meta: &SnapshotMeta) -> Result<(), StorageError> {
 /// The applied log id and membership the database holds (as of its last
 /// commit).
 fn applied_in(mvcc: &MvccStore) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-    let read = |key: &str| mvcc.get_meta(key).map_err(|e| sm_error(ErrorVerb::Read, e));
+    raft_meta(|key| mvcc.get_meta(key).map_err(|e| sm_error(ErrorVerb::Read, e)))
+}
+
+/// The applied log id and membership, decoded from what `read` finds under
+/// their meta keys.
+fn raft_meta(
+    read: impl Fn(&str) -> Result<Option<Vec<u8>>, StorageError>,
+) -> Result<(Option<LogId>, StoredMembership), StorageError> {
     let applied: Option<LogId> = read(META_APPLIED)?.map(|b| decode(&b)).transpose()?.flatten();
     let membership: StoredMembership =
         read(META_MEMBERSHIP)?.map(|b| decode(&b)).transpose()?.unwrap_or_default();
@@ -176,10 +174,8 @@ fn has_snapshot(dir: &Path) -> bool {
 fn current_snapshot(mvcc: &MvccStore, dir: &Path) -> Result<Snapshot, StorageError> {
     let view = mvcc.snapshot_view().map_err(|e| snap_error(ErrorVerb::Read, e))?;
     let external = view.external_meta().map_err(|e| snap_error(ErrorVerb::Read, e))?;
-    let find = |key: &str| external.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_slice());
-    let last_log_id: Option<LogId> = find(META_APPLIED).map(decode).transpose()?.flatten();
-    let last_membership: StoredMembership =
-        find(META_MEMBERSHIP).map(decode).transpose()?.unwrap_or_default();
+    let (last_log_id, last_membership) =
+        raft_meta(|key| Ok(external.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())))?;
     // Two views at one applied id hold the same state, so the id names it.
     let snapshot_id = match last_log_id {
         Some(id) => format!("{}-{}", id.leader_id.term, id.index),

@@ -35,6 +35,15 @@ impl fmt::Display for Member {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request(pub Command);
 
+/// Bytes an entry's payload takes (its protobuf encoding; 0 for a blank or
+/// membership entry): what replication budgets and durable commits count.
+pub fn payload_bytes(entry: &Entry) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(request) => prost::Message::encoded_len(&request.0),
+        _ => 0,
+    }
+}
+
 /// The result of applying one entry.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Response(pub CommandResponse);

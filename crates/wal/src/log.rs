@@ -434,9 +434,6 @@ impl WalReader {
                 break;
             }
             budget -= read;
-            if budget == 0 {
-                break;
-            }
         }
         Ok(out)
     }
