@@ -46,6 +46,8 @@ pub struct BenchConfig {
     /// watch-latency: watchers, and puts per second.
     pub watchers: usize,
     pub put_rate: u64,
+    /// watch-latency: gRPC streams the watchers share (0: one each).
+    pub watch_streams: usize,
 }
 
 impl Default for BenchConfig {
@@ -63,6 +65,7 @@ impl Default for BenchConfig {
             serializable: false,
             watchers: 100,
             put_rate: 1_000,
+            watch_streams: 0,
         }
     }
 }

@@ -171,11 +171,16 @@ async fn watch_latency(config: &BenchConfig, channels: &[Channel]) -> Result<Rep
     const PREFIX: &[u8] = b"bench/watch/";
     let started = Instant::now();
     let deadline = started + config.time_limit;
-    let mut watchers = Vec::with_capacity(config.watchers);
+    // Watchers share streams as etcd's clients share one per context:
+    // `watch_streams` of them (0: a stream per watcher), over the connections.
+    let streams =
+        if config.watch_streams == 0 { config.watchers } else { config.watch_streams.min(config.watchers) };
+    let mut watchers = Vec::with_capacity(streams);
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(config.watchers.max(1));
-    for w in 0..config.watchers {
-        let mut client = WatchClient::new(channels[w % channels.len()].clone());
-        let total = config.total;
+    for s in 0..streams {
+        let mut client = WatchClient::new(channels[s % channels.len()].clone());
+        let on_stream = (config.watchers / streams + usize::from(s < config.watchers % streams)) as u64;
+        let expected = config.total * on_stream;
         let ready = ready_tx.clone();
         watchers.push(tokio::spawn(async move {
             let mut latencies = histogram();
@@ -186,17 +191,18 @@ async fn watch_latency(config: &BenchConfig, channels: &[Channel]) -> Result<Rep
                     ..Default::default()
                 })),
             };
-            let requests = tokio_stream::iter(vec![create]).chain(tokio_stream::pending());
+            let creates = vec![create; on_stream as usize];
+            let requests = tokio_stream::iter(creates).chain(tokio_stream::pending());
             let Ok(reply) = client.watch(requests).await else { return (latencies, 0u64) };
             let mut stream = reply.into_inner();
             let mut seen = 0u64;
-            let mut created = false;
-            while seen < total {
+            let mut created = 0;
+            while seen < expected {
                 let Ok(Ok(Some(message))) = tokio::time::timeout_at(deadline, stream.message()).await else {
                     break;
                 };
-                if message.created && !created {
-                    created = true;
+                if message.created && created < on_stream {
+                    created += 1;
                     let _ = ready.send(()).await;
                 }
                 for event in &message.events {

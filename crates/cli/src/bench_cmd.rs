@@ -66,6 +66,10 @@ pub struct BenchArgs {
     /// watch-latency: puts per second.
     #[arg(long, default_value_t = 1_000)]
     pub put_rate: u64,
+    /// watch-latency: gRPC streams the watchers share, as etcd clients share
+    /// one per context (0: a stream per watcher).
+    #[arg(long, default_value_t = 0)]
+    pub watch_streams: usize,
     /// http: the URL to GET.
     #[arg(long, default_value = "http://127.0.0.1:8080/")]
     pub url: String,
@@ -160,6 +164,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         serializable: matches!(args.consistency, Consistency::S),
         watchers: args.watchers,
         put_rate: args.put_rate,
+        watch_streams: args.watch_streams,
     };
     let report = bench::run(etcd_workload, &config).await.context("benchmark failed")?;
     print_report(&report, args.json)

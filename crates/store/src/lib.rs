@@ -28,6 +28,7 @@
 //! lifecycle).
 
 pub mod cluster_service;
+pub mod coalesce;
 pub mod compactor;
 pub mod config;
 pub mod election;

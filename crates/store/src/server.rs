@@ -14,6 +14,8 @@ use etcd_proto::fivefoldpb::peer_server::PeerServer;
 use mvcc::MvccStore;
 use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
+
+use crate::coalesce::Coalesced;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
@@ -88,10 +90,14 @@ async fn bind(urls: &[String], flag: &'static str) -> Result<Vec<(String, TcpLis
     Ok(out)
 }
 
-/// Accepted connections, with Nagle's algorithm off: small gRPC messages
-/// (heartbeats, read-index rounds) must not wait for delayed ACKs.
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
+/// Accepted connections, with Nagle's algorithm off (small gRPC messages —
+/// heartbeats, read-index rounds — must not wait for delayed ACKs) and their
+/// writes gathered per scheduler pass instead (`coalesce`).
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Coalesced<tokio::net::TcpStream>>> {
+    use tokio_stream::StreamExt as _;
+    TcpIncoming::from(listener).with_nodelay(Some(true)).map(|accepted| accepted.map(Coalesced::new))
 }
 
 /// The Raft log's directory inside the data dir.
