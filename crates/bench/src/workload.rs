@@ -201,7 +201,9 @@ async fn watch_latency(config: &BenchConfig, channels: &[Channel]) -> Result<Rep
                 let Ok(Ok(Some(message))) = tokio::time::timeout_at(deadline, stream.message()).await else {
                     break;
                 };
-                if message.created && created < on_stream {
+                // A refused create (canceled) never counts as ready: the run
+                // then fails with "watchers were not created in time".
+                if message.created && !message.canceled && created < on_stream {
                     created += 1;
                     let _ = ready.send(()).await;
                 }

@@ -21,6 +21,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Bytes held before a write goes to the socket without waiting for the
 /// flush; a single write at least this large skips the buffer.
 pub const COALESCE_BYTES_MAX: usize = 256 * 1024;
+/// A flush with at least this much held writes at once instead of waiting a
+/// scheduler pass: HTTP/2 flushes after every large DATA frame, and a bulk
+/// transfer (a large Range reply, a snapshot) must not wait a pass per frame.
+pub const COALESCE_WAIT_BYTES_MAX: usize = 16 * 1024;
+/// A drained buffer larger than this is given back to the allocator, so
+/// thousands of idle connections hold no burst-sized buffers.
+const COALESCE_KEEP_BYTES: usize = 8 * 1024;
 
 pub struct Coalesced<T> {
     inner: T,
@@ -51,7 +58,11 @@ impl<T: AsyncWrite + Unpin> Coalesced<T> {
             }
             self.written += n;
         }
-        self.buf.clear();
+        if self.buf.capacity() > COALESCE_KEEP_BYTES {
+            self.buf = Vec::new();
+        } else {
+            self.buf.clear();
+        }
         self.written = 0;
         Poll::Ready(Ok(()))
     }
@@ -107,7 +118,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.buf.is_empty() {
-            if !self.yielded {
+            if !self.yielded && self.buf.len() < COALESCE_WAIT_BYTES_MAX {
                 // Runs again after the tasks already queued, which may write.
                 self.yielded = true;
                 cx.waker().wake_by_ref();
@@ -139,20 +150,53 @@ mod tests {
 
     use super::*;
 
+    /// Polls `out`'s flush once, with a waker that does nothing.
+    fn flush_once<T: AsyncWrite + Unpin>(out: &mut Coalesced<T>) -> Poll<io::Result<()>> {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        Pin::new(out).poll_flush(&mut cx)
+    }
+
+    /// Whether `reader` has bytes ready now.
+    fn readable<R: AsyncRead + Unpin>(reader: &mut R) -> bool {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        let mut probe = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut probe);
+        Pin::new(reader).poll_read(&mut cx, &mut buf).is_ready()
+    }
+
     #[tokio::test]
-    async fn holds_writes_until_flush_and_passes_large_ones_through() {
+    async fn small_writes_wait_one_pass_and_leave_together() {
         let (client, mut server) = tokio::io::duplex(4 * COALESCE_BYTES_MAX);
         let mut out = Coalesced::new(client);
         out.write_all(b"one ").await.unwrap();
         out.write_all(b"two").await.unwrap();
-        let mut probe = [0u8; 16];
-        let nothing =
-            tokio::time::timeout(std::time::Duration::from_millis(50), server.read(&mut probe)).await;
-        assert!(nothing.is_err(), "small writes wait for the flush");
-        out.flush().await.unwrap();
-        let n = server.read(&mut probe).await.unwrap();
-        assert_eq!(&probe[..n], b"one two");
+        assert!(!readable(&mut server), "writes are held until the flush");
+        assert!(flush_once(&mut out).is_pending(), "the first flush lets the scheduler run once");
+        assert!(!readable(&mut server));
+        out.write_all(b" three").await.unwrap();
+        assert!(matches!(flush_once(&mut out), Poll::Ready(Ok(()))), "the second flush writes");
+        let mut got = [0u8; 13];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"one two three");
+        assert!(matches!(flush_once(&mut out), Poll::Ready(Ok(()))), "nothing held: nothing to wait for");
+    }
 
+    #[tokio::test]
+    async fn a_bulk_flush_does_not_wait() {
+        let (client, mut server) = tokio::io::duplex(4 * COALESCE_BYTES_MAX);
+        let mut out = Coalesced::new(client);
+        let frame = vec![3u8; COALESCE_WAIT_BYTES_MAX];
+        out.write_all(&frame).await.unwrap();
+        assert!(matches!(flush_once(&mut out), Poll::Ready(Ok(()))), "a full frame goes out at once");
+        let mut got = vec![0u8; frame.len()];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, frame);
+    }
+
+    #[tokio::test]
+    async fn large_writes_keep_their_order_and_shutdown_sends_the_rest() {
+        let (client, mut server) = tokio::io::duplex(4 * COALESCE_BYTES_MAX);
+        let mut out = Coalesced::new(client);
         // A write that fills the buffer sends what was held first, in order.
         out.write_all(b"head").await.unwrap();
         let large = vec![7u8; COALESCE_BYTES_MAX];

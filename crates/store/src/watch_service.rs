@@ -25,8 +25,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::node::StoreNode;
 
 /// Batches of responses queued for one stream before its task waits for the
-/// client.
-pub const WATCH_STREAM_QUEUE: usize = 64;
+/// client (with small events, about 1 MiB).
+pub const WATCH_STREAM_QUEUE: usize = 16;
 /// Encoded bytes of responses gathered into one batch before it is queued.
 /// A batch reaches the connection as one piece, which gRPC encodes into one
 /// frame and the socket takes in one write: queued one by one, 10,000
@@ -295,7 +295,7 @@ impl WatchStream {
         let ids: Vec<i64> = self.watchers.iter().filter(|(_, w)| w.next <= head).map(|(id, _)| *id).collect();
         for id in ids {
             while let Some(next) = self.watchers.get(&id).map(|w| w.next).filter(|next| *next <= head) {
-                let Some((events, reached)) = self.read(next, head).await else {
+                let Some((events, reached)) = self.read(next, head).await? else {
                     self.cancel_compacted(id, head).await?;
                     break;
                 };
@@ -316,27 +316,34 @@ impl WatchStream {
 
     /// The events of `from..=to` (at most about `WATCH_BATCH_EVENTS_MAX`,
     /// whole revisions), from the window or from disk, and the last revision
-    /// they cover. `None`: `from` has been compacted.
-    async fn read(&self, from: i64, to: i64) -> Option<(Vec<Event>, i64)> {
+    /// they cover. `None`: `from` has been compacted (or history could not
+    /// be read: the watcher is canceled as if it had been).
+    async fn read(&mut self, from: i64, to: i64) -> Result<Option<(Vec<Event>, i64)>, Gone> {
         match self.node.watch_hub.window(from, to, WATCH_BATCH_EVENTS_MAX) {
-            Err(_compacted) => return None,
+            Err(_compacted) => return Ok(None),
             Ok(Some((revisions, reached))) => {
                 let events = revisions.iter().flat_map(|(_, events)| events.iter().cloned()).collect();
-                return Some((events, reached));
+                return Ok(Some((events, reached)));
             }
             Ok(None) => {}
         }
+        // What is gathered goes out before a disk read, which may take a
+        // while (a catch-up that finds little for this watcher).
+        self.flush().await?;
         let mvcc = self.node.mvcc.clone();
-        let history =
-            tokio::task::spawn_blocking(move || mvcc.history(from, to, WATCH_BATCH_EVENTS_MAX)).await.ok()?;
-        match history {
+        let Ok(history) =
+            tokio::task::spawn_blocking(move || mvcc.history(from, to, WATCH_BATCH_EVENTS_MAX)).await
+        else {
+            return Ok(None);
+        };
+        Ok(match history {
             Ok(history) => Some((history.events, history.next - 1)),
             Err(mvcc::KvError::Request(mvcc::MvccError::Compacted)) => None,
             Err(e) => {
                 tracing::error!(error = %e, "reading watch history");
                 None
             }
-        }
+        })
     }
 
     async fn cancel_compacted(&mut self, id: i64, head: i64) -> Result<(), Gone> {
