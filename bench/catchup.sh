@@ -21,12 +21,9 @@ MEMBERS=3
 KEYS=${KEYS:-32768}
 VAL_SIZE=${VAL_SIZE:-65536}
 SYSTEMS=${SYSTEMS:-"fivefold etcd"}
-FIVEFOLD=${FIVEFOLD:-target/release/fivefold}
-WORK=$(mktemp -d /tmp/fivefold-catchup.XXXXXX)
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-trap 'stop_members; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
-ensure_tools
+begin_run catchup
 
 QUOTA=$((KEYS * (VAL_SIZE + 100) * 2 + 4 * 1024 * 1024 * 1024))
 

@@ -14,12 +14,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MEMBERS=${MEMBERS:-3}
 ROUNDS=${ROUNDS:-3}
-FIVEFOLD=${FIVEFOLD:-target/release/fivefold}
-WORK=$(mktemp -d /tmp/fivefold-compare.XXXXXX)
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-trap 'stop_members; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
-ensure_tools
+begin_run compare
 
 # The workloads: name, then fivefold bench arguments (etcd's benchmark shapes).
 WORKLOADS=(

@@ -1,6 +1,16 @@
 # Shared by the benchmark scripts: start fivefold or etcd clusters on
 # loopback with etcd's flag names, find peak and current RSS, clean up.
-# Source it after setting WORK (a scratch directory), MEMBERS and FIVEFOLD.
+# Source it after setting MEMBERS, then call begin_run NAME.
+
+# begin_run NAME: the binary (FIVEFOLD, default the release build), a work
+# dir in /tmp (kept with KEEP=1), members stopped and the dir removed on exit,
+# and the tools installed. WORK and FIVEFOLD are the script's from here on.
+begin_run() {
+    FIVEFOLD=${FIVEFOLD:-target/release/fivefold}
+    WORK=$(mktemp -d "/tmp/fivefold-$1.XXXXXX")
+    trap 'stop_members; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
+    ensure_tools
+}
 
 # Stops every member this script started (start() runs in a command
 # substitution, so its members are known only from the pid files), waits up

@@ -19,12 +19,9 @@ MEMBERS=${MEMBERS:-3}
 KEYS=${KEYS:-1000000}
 VAL_SIZE=${VAL_SIZE:-256}
 SYSTEMS=${SYSTEMS:-"fivefold etcd"}
-FIVEFOLD=${FIVEFOLD:-target/release/fivefold}
-WORK=$(mktemp -d /tmp/fivefold-load.XXXXXX)
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-trap 'stop_members; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
-ensure_tools
+begin_run load
 
 QUOTA=$((KEYS * (VAL_SIZE + 100) * 2 + 4 * 1024 * 1024 * 1024))
 # Probes touch at most 1,000 keys, so the load's live data stays as it is.

@@ -11,12 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MEMBERS=${MEMBERS:-3}
 SHAPES=${SHAPES:-"1000:100:1000 10000:10:300 10000:1000:5000"}
-FIVEFOLD=${FIVEFOLD:-target/release/fivefold}
-WORK=$(mktemp -d /tmp/fivefold-watch.XXXXXX)
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-trap 'stop_members; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
-ensure_tools
+begin_run watch
 
 machine_line "$MEMBERS members each"
 ETCD=$(start etcd 28379)

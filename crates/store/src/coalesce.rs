@@ -42,10 +42,6 @@ impl<T> Coalesced<T> {
     pub fn new(inner: T) -> Coalesced<T> {
         Coalesced { inner, buf: Vec::new(), written: 0, yielded: false }
     }
-
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
 }
 
 impl<T: AsyncWrite + Unpin> Coalesced<T> {

@@ -11,7 +11,7 @@ use etcd_proto::fivefoldpb::{command, command_response, Command, CommandResponse
 use mvcc::validate;
 use tonic::{Request, Response, Status};
 
-use crate::node::{kv_status, status_of, StoreNode};
+use crate::node::{kv_status, on_pool, status_of, StoreNode};
 use crate::placement;
 
 pub struct KvService {
@@ -56,12 +56,6 @@ fn txn_reads_points(req: &TxnRequest) -> bool {
         })
 }
 
-/// Runs a read on the blocking pool (it may scan, or the database is taken
-/// for a defragmentation and the read would wait).
-async fn on_pool<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(e.to_string()))
-}
-
 fn unexpected(resp: &CommandResponse) -> Status {
     tracing::error!(?resp, "applied command returned the wrong response kind");
     Status::internal("etcdserver: unexpected response kind")
@@ -87,11 +81,13 @@ impl Kv for KvService {
         if !req.serializable {
             self.node.read_barrier().await?;
         }
-        let mvcc = self.node.mvcc.clone();
-        let inline = if is_point_read(&req) { mvcc.try_range(&req) } else { None };
+        let inline = if is_point_read(&req) { self.node.mvcc.try_range(&req) } else { None };
         let resp = match inline {
             Some(resp) => resp,
-            None => on_pool(move || mvcc.range(&req)).await?,
+            None => {
+                let mvcc = self.node.mvcc.clone();
+                on_pool(move || mvcc.range(&req)).await?
+            }
         };
         let mut resp = resp.map_err(kv_status)?;
         let revision = resp.header.as_ref().map_or(0, |h| h.revision);
@@ -137,11 +133,13 @@ impl Kv for KvService {
         if validate::txn_is_read_only(&req) {
             let template = self.node.header(0);
             self.node.read_barrier().await?;
-            let mvcc = self.node.mvcc.clone();
-            let inline = if txn_reads_points(&req) { mvcc.try_read_only_txn(&req) } else { None };
+            let inline = if txn_reads_points(&req) { self.node.mvcc.try_read_only_txn(&req) } else { None };
             let resp = match inline {
                 Some(resp) => resp,
-                None => on_pool(move || mvcc.read_only_txn(&req)).await?,
+                None => {
+                    let mvcc = self.node.mvcc.clone();
+                    on_pool(move || mvcc.read_only_txn(&req)).await?
+                }
             };
             let mut resp = resp.map_err(kv_status)?;
             stamp_txn(&mut resp, &template);

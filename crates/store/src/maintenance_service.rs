@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::node::{kv_status, StoreNode};
+use crate::node::{kv_status, on_pool, StoreNode};
 
 /// The etcd version fivefold reports. Clients (Kubernetes among them) enable
 /// features by it; fivefold implements the 3.5 API.
@@ -36,16 +36,11 @@ fn internal(e: impl std::fmt::Display) -> Status {
 fn sealed_snapshot(mvcc: &mvcc::MvccStore, dir: &std::path::Path) -> std::io::Result<(std::fs::File, u64)> {
     let file = crate::snapshot_data::spill(dir, |out| {
         let mut sealer = mvcc::snapshot::Sealer::new(out);
-        mvcc.write_snapshot(&mut sealer).map_err(std::io::Error::other)?;
+        mvcc.snapshot_view().and_then(|view| view.write(&mut sealer)).map_err(std::io::Error::other)?;
         sealer.finish().map(drop)
     })?;
     let total = file.metadata()?.len();
     Ok((file, total))
-}
-
-/// Runs blocking engine work off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(e.to_string()))
 }
 
 #[tonic::async_trait]
@@ -55,7 +50,7 @@ impl Maintenance for MaintenanceService {
         if req.action == AlarmAction::Get as i32 {
             self.node.read_barrier().await?;
             let mvcc = self.node.mvcc.clone();
-            let alarms = blocking(move || mvcc.alarms()).await?.map_err(internal)?;
+            let alarms = on_pool(move || mvcc.alarms()).await?.map_err(internal)?;
             return Ok(Response::new(AlarmResponse {
                 header: Some(self.node.header(self.node.mvcc.revision())),
                 alarms,
@@ -75,7 +70,7 @@ impl Maintenance for MaintenanceService {
         let node = &self.node;
         let metrics = node.raft.metrics().borrow().clone();
         let mvcc = node.mvcc.clone();
-        let (in_use, alarms) = blocking(move || (mvcc.db_size_in_use(), mvcc.alarms())).await?;
+        let (in_use, alarms) = on_pool(move || (mvcc.db_size_in_use(), mvcc.alarms())).await?;
         let in_use = in_use.map_err(internal)?;
         let alarms = alarms.map_err(internal)?;
         let is_learner = !metrics.membership_config.membership().voter_ids().any(|id| id == node.member_id);
@@ -112,14 +107,14 @@ impl Maintenance for MaintenanceService {
         let mvcc = self.node.mvcc.clone();
         let before = mvcc.db_size();
         let started = std::time::Instant::now();
-        blocking(move || mvcc.defragment()).await?.map_err(internal)?;
+        on_pool(move || mvcc.defragment()).await?.map_err(internal)?;
         tracing::info!(before, after = self.node.mvcc.db_size(), took = ?started.elapsed(), "defragmented");
         Ok(Response::new(DefragmentResponse { header: Some(self.node.header(self.node.mvcc.revision())) }))
     }
 
     async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         let mvcc = self.node.mvcc.clone();
-        let hash = blocking(move || mvcc.hash_kv(0)).await?.map_err(kv_status)?;
+        let hash = on_pool(move || mvcc.hash_kv(0)).await?.map_err(kv_status)?;
         Ok(Response::new(HashResponse {
             header: Some(self.node.header(hash.current_revision)),
             hash: hash.hash,
@@ -129,7 +124,7 @@ impl Maintenance for MaintenanceService {
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         let revision = request.get_ref().revision;
         let mvcc = self.node.mvcc.clone();
-        let hash = blocking(move || mvcc.hash_kv(revision)).await?.map_err(kv_status)?;
+        let hash = on_pool(move || mvcc.hash_kv(revision)).await?.map_err(kv_status)?;
         Ok(Response::new(HashKvResponse {
             header: Some(self.node.header(hash.current_revision)),
             hash: hash.hash,
@@ -146,7 +141,7 @@ impl Maintenance for MaintenanceService {
         let dir = self.node.config.data_dir.clone();
         // Sealed into an unnamed file, then streamed from it: the state may be
         // larger than memory.
-        let (mut file, total) = blocking(move || sealed_snapshot(&mvcc, &dir)).await?.map_err(internal)?;
+        let (mut file, total) = on_pool(move || sealed_snapshot(&mvcc, &dir)).await?.map_err(internal)?;
         let header = self.node.header(self.node.mvcc.revision());
         let (tx, rx) = mpsc::channel(4);
         tokio::task::spawn_blocking(move || {

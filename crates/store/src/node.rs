@@ -641,6 +641,12 @@ impl Retry {
     }
 }
 
+/// Runs blocking engine work on the blocking pool, off the async workers
+/// (it may scan, or wait for a defragmentation holding the database).
+pub(crate) async fn on_pool<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(e.to_string()))
+}
+
 /// `call`'s outcome, or etcd's "request timed out" once `deadline` passes.
 pub(crate) async fn within<T>(
     deadline: Instant,

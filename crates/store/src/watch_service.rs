@@ -7,7 +7,9 @@
 //! because events come from this member's own applied log.
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use etcd_proto::etcdserverpb::watch_create_request::FilterType;
@@ -90,17 +92,14 @@ struct Batches {
 impl tokio_stream::Stream for Batches {
     type Item = Result<WatchResponse, Status>;
 
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
             if let Some(response) = self.current.next() {
-                return std::task::Poll::Ready(Some(Ok(response)));
+                return Poll::Ready(Some(Ok(response)));
             }
-            match std::task::ready!(self.rx.poll_recv(cx)) {
+            match ready!(self.rx.poll_recv(cx)) {
                 Some(batch) => self.current = batch.into_iter(),
-                None => return std::task::Poll::Ready(None),
+                None => return Poll::Ready(None),
             }
         }
     }
