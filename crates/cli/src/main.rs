@@ -13,6 +13,12 @@ mod up;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc's malloc: a member allocates and frees per
+/// request on every thread, where glibc's arenas cost about a tenth of its
+/// CPU (see docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "fivefold",

@@ -19,10 +19,12 @@
 //! fault injection), `types` (Raft type config), `log_store` (the Raft log
 //! over `wal`), `log_migrate` (moves a log kept in redb by earlier
 //! versions), `state_machine`, `snapshot_data` (snapshot bytes in unnamed
-//! files, written only when read), `network` (peer client), `peer_service`,
+//! files, written only when read), `network` (peer client), `raft_stream` (AppendEntries on a framed TCP
+//! stream beside gRPC on the peer port), `peer_service`,
 //! `node` (request paths), `proposer` (a leader's writes batched into one
 //! entry), `forwarder` (a follower's writes sent to the leader batched),
-//! `kv_service`, `watch_hub` + `watch_service`, `lease_service` + `lessor`,
+//! `coalesce` (socket writes gathered per connection), `kv_service`,
+//! `watch_hub` + `watch_service`, `lease_service` + `lessor`,
 //! `maintenance_service`, `cluster_service`, `placement` (key → Raft group),
 //! `grpc_status` (status codes aligned with grpc-go), `server` (assembly and
 //! lifecycle).
@@ -49,6 +51,7 @@ pub mod node;
 pub mod peer_service;
 pub mod placement;
 pub mod proposer;
+pub mod raft_stream;
 pub mod server;
 pub mod snapshot_data;
 pub mod state_machine;

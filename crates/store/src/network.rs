@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use etcd_proto::fivefoldpb::peer_client::PeerClient;
 use etcd_proto::fivefoldpb::RaftPayload;
+use hyper_util::rt::TokioIo;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -13,7 +14,12 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::coalesce::Coalesced;
+use crate::raft_stream::{RaftStream, StreamError, METHOD_APPEND_ENTRIES};
+use std::time::Instant;
 
 use crate::types::{Member, NodeId, TypeConfig};
 
@@ -22,18 +28,48 @@ pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// How long a peer connection attempt may take.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Opens a lazily connected channel to a peer or member URL.
+/// Opens a lazily connected channel to a peer or member URL. Its socket
+/// writes are coalesced like the listeners' (`coalesce`): a request's
+/// HEADERS, DATA and end-of-stream frames leave in one write, not three.
 pub fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
     Ok(Endpoint::from_shared(url.to_string())?
         .connect_timeout(PEER_CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy())
+        .connect_with_connector_lazy(tower::service_fn(connect)))
 }
 
-pub fn peer_client(url: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
-    Ok(PeerClient::new(channel(url)?)
+/// Connects to the host and port of `uri` (`http` only: peers speak h2c),
+/// without Nagle's delay, behind a write-coalescing wrapper.
+async fn connect(uri: http::Uri) -> std::io::Result<TokioIo<Coalesced<TcpStream>>> {
+    let (host, port) = host_port(&uri)?;
+    let stream = TcpStream::connect((host.as_str(), port)).await?;
+    stream.set_nodelay(true)?;
+    Ok(TokioIo::new(Coalesced::new(stream)))
+}
+
+/// The host (IPv6 brackets removed) and port of an `http://` peer URL.
+fn host_port(uri: &http::Uri) -> std::io::Result<(String, u16)> {
+    let unsupported =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{what}: {uri}"));
+    if uri.scheme_str() != Some("http") {
+        return Err(unsupported("peer URLs must be http://host:port"));
+    }
+    let host = uri.host().ok_or_else(|| unsupported("no host in peer URL"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok((host.to_string(), uri.port_u16().unwrap_or(80)))
+}
+
+/// After a peer hung up on a raft stream without answering (a member of a
+/// version without them), AppendEntries goes over gRPC this long before the
+/// stream is tried again.
+pub const STREAM_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// A peer channel that sends each request body whole (see [`WholeBodies`]).
+pub type PeerChannel = WholeBodies<Channel>;
+
+pub fn peer_client(url: &str) -> Result<PeerClient<PeerChannel>, tonic::transport::Error> {
+    Ok(PeerClient::new(WholeBodies(channel(url)?))
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX))
 }
@@ -43,19 +79,19 @@ pub fn peer_client(url: &str) -> Result<PeerClient<Channel>, tonic::transport::E
 /// channel per call would mean a TCP and HTTP/2 handshake per read.
 #[derive(Debug, Clone, Default)]
 pub struct PeerChannels {
-    clients: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, PeerClient<Channel>>>>,
+    clients: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, PeerClient<PeerChannel>>>>,
     /// Test-only rules for what is sent (see `faults`).
     pub faults: std::sync::Arc<crate::faults::PeerFaults>,
 }
 
 impl PeerChannels {
     /// A client for `url`, once the fault rules let a message through to it.
-    pub async fn passing(&self, url: &str) -> Result<PeerClient<Channel>, PeerUnreachable> {
+    pub async fn passing(&self, url: &str) -> Result<PeerClient<PeerChannel>, PeerUnreachable> {
         self.faults.pass(url).await.map_err(|e| PeerUnreachable(e.to_string()))?;
         self.get(url).map_err(|e| PeerUnreachable(format!("peer {url}: {e}")))
     }
 
-    pub fn get(&self, url: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
+    pub fn get(&self, url: &str) -> Result<PeerClient<PeerChannel>, tonic::transport::Error> {
         let mut clients = self.clients.lock().expect("peer channel map lock");
         if let Some(client) = clients.get(url) {
             return Ok(client.clone());
@@ -63,6 +99,47 @@ impl PeerChannels {
         let client = peer_client(url)?;
         clients.insert(url.to_string(), client.clone());
         Ok(client)
+    }
+}
+
+/// Hands a request to the channel with its body already gathered, so the
+/// last DATA frame carries END_STREAM. tonic's encoder learns that its one
+/// message was the last only when polled again, so hyper followed each
+/// request with an empty DATA frame of its own, written after a task switch;
+/// the peer dispatches a unary call only once it has that frame, so every
+/// AppendEntries waited for it (and cost each side a syscall).
+#[derive(Debug, Clone)]
+pub struct WholeBodies<S>(S);
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for WholeBodies<S>
+where
+    S: tower::Service<http::Request<tonic::body::Body>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = S::Response;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        // The ready handle goes with the call; a fresh clone stays behind.
+        let fresh = self.0.clone();
+        let mut ready = std::mem::replace(&mut self.0, fresh);
+        Box::pin(async move {
+            type Error = Box<dyn std::error::Error + Send + Sync>;
+            let (parts, body) = request.into_parts();
+            let bytes = http_body_util::BodyExt::collect(body)
+                .await
+                .map_err(|status| -> Error { Box::new(status) })?
+                .to_bytes();
+            let body = tonic::body::Body::new(http_body_util::Full::new(bytes));
+            ready.call(http::Request::from_parts(parts, body)).await.map_err(Into::into)
+        })
     }
 }
 
@@ -74,8 +151,13 @@ pub struct Network {
 pub struct PeerConnection {
     target: NodeId,
     url: String,
-    client: Option<PeerClient<Channel>>,
+    client: Option<PeerClient<PeerChannel>>,
     channels: PeerChannels,
+    /// The AppendEntries stream (`raft_stream`), connected on first use and
+    /// dropped on any failure.
+    stream: Option<RaftStream>,
+    /// When the peer last refused a stream (see `STREAM_RETRY_AFTER`).
+    stream_refused_at: Option<Instant>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -83,7 +165,14 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConnection {
         let url = node.peer_urls.first().cloned().unwrap_or_default();
-        PeerConnection { target, url, client: None, channels: self.channels.clone() }
+        PeerConnection {
+            target,
+            url,
+            client: None,
+            channels: self.channels.clone(),
+            stream: None,
+            stream_refused_at: None,
+        }
     }
 }
 
@@ -97,7 +186,7 @@ struct TransportError(String);
 pub struct PeerUnreachable(pub String);
 
 impl PeerConnection {
-    fn client(&mut self) -> Result<PeerClient<Channel>, TransportError> {
+    fn client(&mut self) -> Result<PeerClient<PeerChannel>, TransportError> {
         if self.client.is_none() {
             let client = self
                 .channels
@@ -148,6 +237,66 @@ impl PeerConnection {
     }
 }
 
+impl PeerConnection {
+    /// Whether AppendEntries should try the stream (not refused lately).
+    fn stream_usable(&self) -> bool {
+        self.stream_refused_at.is_none_or(|at| at.elapsed() >= STREAM_RETRY_AFTER)
+    }
+
+    /// One AppendEntries over the raft stream. `None`: the peer does not
+    /// speak it; use gRPC.
+    async fn append_on_stream(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        option: &RPCOption,
+    ) -> Option<Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>>> {
+        let unreachable = |e: &dyn std::fmt::Display, url: &str| {
+            RPCError::Unreachable(Unreachable::new(&TransportError(format!("peer {url}: {e}"))))
+        };
+        let data = match bincode::serialize(rpc) {
+            Ok(data) => data,
+            Err(e) => return Some(Err(RPCError::Network(NetworkError::new(&e)))),
+        };
+        if let Err(e) = self.channels.faults.pass(&self.url).await {
+            return Some(Err(RPCError::Unreachable(Unreachable::new(&e))));
+        }
+        let exchange = async {
+            if self.stream.is_none() {
+                let uri: http::Uri = self.url.parse().map_err(|e: http::uri::InvalidUri| {
+                    StreamError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
+                })?;
+                let (host, port) = host_port(&uri)?;
+                self.stream = Some(RaftStream::connect(&host, port).await?);
+            }
+            self.stream.as_mut().expect("connected above").call(METHOD_APPEND_ENTRIES, &data).await
+        };
+        let reply = match tokio::time::timeout(option.hard_ttl(), exchange).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(StreamError::Refused)) => {
+                tracing::info!(peer = %self.url, "peer does not take raft streams; replicating over gRPC");
+                self.stream = None;
+                self.stream_refused_at = Some(Instant::now());
+                return None;
+            }
+            Ok(Err(e)) => {
+                self.stream = None;
+                return Some(Err(unreachable(&e, &self.url)));
+            }
+            Err(_) => {
+                // The answer may still come: the stream cannot be reused.
+                self.stream = None;
+                return Some(Err(unreachable(&"timed out", &self.url)));
+            }
+        };
+        let result: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+            match bincode::deserialize(&reply) {
+                Ok(result) => result,
+                Err(e) => return Some(Err(RPCError::Network(NetworkError::new(&e)))),
+            };
+        Some(result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))))
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Method {
     AppendEntries,
@@ -161,6 +310,11 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        if self.stream_usable() {
+            if let Some(reply) = self.append_on_stream(&rpc, &option).await {
+                return reply;
+            }
+        }
         self.call(Method::AppendEntries, &rpc, &option).await
     }
 

@@ -19,7 +19,6 @@ use mvcc::{MvccError, MvccStore};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use prost::Message;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::config::StoreConfig;
@@ -128,7 +127,7 @@ impl StoreNode {
 
     /// A client for the peer at `url`, once fault rules (tests only) let a
     /// message through. Unreachable reads as "not the leader": nothing was sent.
-    pub async fn peer(&self, url: &str) -> Result<PeerClient<Channel>, Status> {
+    pub async fn peer(&self, url: &str) -> Result<PeerClient<crate::network::PeerChannel>, Status> {
         self.peers.passing(url).await.map_err(|e| {
             tracing::debug!(error = %e, "peer unreachable");
             Status::unavailable(NOT_LEADER)
@@ -430,7 +429,7 @@ impl StoreNode {
     where
         Here: Fn() -> HereFut,
         HereFut: std::future::Future<Output = Result<T, Status>>,
-        Remote: Fn(PeerClient<Channel>, Instant) -> Fut,
+        Remote: Fn(PeerClient<crate::network::PeerChannel>, Instant) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let deadline = Instant::now() + self.config.request_timeout;

@@ -16,6 +16,7 @@ use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
 
 use crate::coalesce::Coalesced;
+use crate::raft_stream::{classify, Accepted, Replayed, FIRST_BYTES_TIMEOUT};
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
@@ -100,6 +101,54 @@ fn incoming(
     TcpIncoming::from(listener).with_nodelay(Some(true)).map(|accepted| accepted.map(Coalesced::new))
 }
 
+/// Peer connections accepted and classified, waiting for the gRPC server.
+const PEER_ACCEPT_QUEUE: usize = 64;
+/// Pause after a failed accept (out of file descriptors, say) before the next.
+const ACCEPT_ERROR_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The peer listener's connections: raft streams (`raft_stream`) are served
+/// here; the rest go to the gRPC server, as `incoming` would give them.
+fn peer_incoming(
+    listener: TcpListener,
+    node: Arc<StoreNode>,
+    stop: watch::Receiver<bool>,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Coalesced<Replayed<tokio::net::TcpStream>>>> {
+    let (grpc, connections) = tokio::sync::mpsc::channel(PEER_ACCEPT_QUEUE);
+    let mut stopped = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stopped.wait_for(|stop| *stop) => return,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a peer connection failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            };
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "peer connection lost before use");
+                continue;
+            }
+            let (grpc, node, stop) = (grpc.clone(), node.clone(), stop.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(FIRST_BYTES_TIMEOUT, classify(stream)).await {
+                    Ok(Ok(Accepted::Stream(stream))) => crate::raft_stream::serve(node, stream, stop).await,
+                    Ok(Ok(Accepted::Grpc(stream))) => {
+                        let _ = grpc.send(Ok(Coalesced::new(stream))).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "peer connection lost before use"),
+                    Err(_) => tracing::debug!("peer connection sent nothing; closed"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(connections)
+}
+
 /// The Raft log's directory inside the data dir.
 pub const RAFT_LOG_DIR: &str = "raft-log";
 
@@ -152,11 +201,12 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
         let signal = stopped(stop_rx.clone());
+        let connections = peer_incoming(listener, node.clone(), stop_rx.clone());
         servers.spawn(async move {
             tracing::info!(%url, "serving peers");
             tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming_shutdown(incoming(listener), signal)
+                .serve_with_incoming_shutdown(connections, signal)
                 .await
                 .map_err(|source| ServerError::Serve { what: "peers", source })
         });
