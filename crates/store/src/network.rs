@@ -214,6 +214,20 @@ impl PeerConnection {
             .pass(&self.url)
             .await
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        self.send(method, data, option).await
+    }
+
+    /// Sends an encoded request over gRPC (the fault rules already passed).
+    async fn send<Resp, E>(
+        &mut self,
+        method: Method,
+        data: Vec<u8>,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let mut client = self.client().map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let mut request = tonic::Request::new(RaftPayload { data });
         request.set_timeout(option.hard_ttl());
@@ -243,50 +257,52 @@ impl PeerConnection {
         self.stream_refused_at.is_none_or(|at| at.elapsed() >= STREAM_RETRY_AFTER)
     }
 
-    /// One AppendEntries over the raft stream. `None`: the peer does not
-    /// speak it; use gRPC.
+    /// One encoded AppendEntries over the raft stream. `None`: the peer
+    /// does not take streams; use gRPC.
     async fn append_on_stream(
         &mut self,
-        rpc: &AppendEntriesRequest<TypeConfig>,
+        data: &[u8],
         option: &RPCOption,
     ) -> Option<Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>>> {
-        let unreachable = |e: &dyn std::fmt::Display, url: &str| {
-            RPCError::Unreachable(Unreachable::new(&TransportError(format!("peer {url}: {e}"))))
+        // The stream travels inside the exchange: if the call is cut short
+        // (here, or by openraft dropping this future), it is dropped with it
+        // and never carries a stale answer into the next call.
+        let stream = self.stream.take();
+        let url = self.url.clone();
+        let exchange = async move {
+            let mut stream = match stream {
+                Some(stream) => stream,
+                None => {
+                    let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| {
+                        std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+                    })?;
+                    let (host, port) = host_port(&uri)?;
+                    RaftStream::connect(&host, port).await?
+                }
+            };
+            let reply = stream.call(METHOD_APPEND_ENTRIES, data).await?;
+            Ok::<_, StreamError>((stream, reply))
         };
-        let data = match bincode::serialize(rpc) {
-            Ok(data) => data,
-            Err(e) => return Some(Err(RPCError::Network(NetworkError::new(&e)))),
-        };
-        if let Err(e) = self.channels.faults.pass(&self.url).await {
-            return Some(Err(RPCError::Unreachable(Unreachable::new(&e))));
-        }
-        let exchange = async {
-            if self.stream.is_none() {
-                let uri: http::Uri = self.url.parse().map_err(|e: http::uri::InvalidUri| {
-                    StreamError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
-                })?;
-                let (host, port) = host_port(&uri)?;
-                self.stream = Some(RaftStream::connect(&host, port).await?);
+        let failed = |e: &dyn std::fmt::Display, transport: bool, url: &str| {
+            let e = TransportError(format!("peer {url}: {e}"));
+            if transport {
+                RPCError::Unreachable(Unreachable::new(&e))
+            } else {
+                RPCError::Network(NetworkError::new(&e))
             }
-            self.stream.as_mut().expect("connected above").call(METHOD_APPEND_ENTRIES, &data).await
         };
         let reply = match tokio::time::timeout(option.hard_ttl(), exchange).await {
-            Ok(Ok(reply)) => reply,
+            Ok(Ok((stream, reply))) => {
+                self.stream = Some(stream);
+                reply
+            }
             Ok(Err(StreamError::Refused)) => {
                 tracing::info!(peer = %self.url, "peer does not take raft streams; replicating over gRPC");
-                self.stream = None;
                 self.stream_refused_at = Some(Instant::now());
                 return None;
             }
-            Ok(Err(e)) => {
-                self.stream = None;
-                return Some(Err(unreachable(&e, &self.url)));
-            }
-            Err(_) => {
-                // The answer may still come: the stream cannot be reused.
-                self.stream = None;
-                return Some(Err(unreachable(&"timed out", &self.url)));
-            }
+            Ok(Err(e)) => return Some(Err(failed(&e, e.is_transport(), &self.url))),
+            Err(_) => return Some(Err(failed(&"timed out", true, &self.url))),
         };
         let result: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
             match bincode::deserialize(&reply) {
@@ -310,12 +326,18 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        let data = bincode::serialize(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.channels
+            .faults
+            .pass(&self.url)
+            .await
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         if self.stream_usable() {
-            if let Some(reply) = self.append_on_stream(&rpc, &option).await {
+            if let Some(reply) = self.append_on_stream(&data, &option).await {
                 return reply;
             }
         }
-        self.call(Method::AppendEntries, &rpc, &option).await
+        self.send(Method::AppendEntries, data, &option).await
     }
 
     async fn install_snapshot(

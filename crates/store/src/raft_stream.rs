@@ -11,11 +11,18 @@
 //!
 //! A connection opens with [`STREAM_MAGIC`]; the peer listener reads those
 //! bytes to tell it from an HTTP/2 connection (whose preface differs), and
-//! hands anything else to gRPC with the bytes put back ([`Replayed`]).
+//! hands anything else to gRPC with the bytes put back ([`Replayed`]). The
+//! member answers with the same bytes: a peer that answers anything else, or
+//! hangs up first (a version without streams: its HTTP/2 server sends its
+//! SETTINGS, then drops the connection), refuses streams
+//! ([`StreamError::Refused`]), and the caller uses gRPC instead.
 //!
-//! Frames, both ways: `length u32 (big-endian) | body`. A request body is
-//! `method u8 | bincode payload`; a response body is `0 | bincode payload`
-//! or `1 | utf-8 error message`.
+//! Frames, both ways: `length u32 | id u64 | tag u8 | payload` (integers
+//! big-endian; the length counts what follows it). A request's tag is its
+//! method and its payload bincode; an answer carries its request's id, tag
+//! 0 and bincode, or tag 1 and a utf-8 error message. The client checks the
+//! id, and a call cut short (a timeout, a dropped future) drops the
+//! connection with it, so no answer is ever taken for another request's.
 
 use std::io;
 use std::pin::Pin;
@@ -28,21 +35,25 @@ use tokio::net::TcpStream;
 
 use crate::node::StoreNode;
 
-/// The first bytes a stream connection sends. An HTTP/2 connection starts
-/// with `PRI * HTTP/2.0`, so the two never share a prefix.
+/// The first bytes a stream connection sends, and the member's answer. An
+/// HTTP/2 connection starts with `PRI * HTTP/2.0`, so the two never share a
+/// prefix.
 pub const STREAM_MAGIC: &[u8; 8] = b"FFRAFT01";
 /// How long the listener waits for a new connection's first bytes.
 pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest frame body either side accepts: the peer message limit.
+/// Largest frame either side accepts (after the length): the peer message
+/// limit. The body is read as it arrives, never allocated up front.
 pub const FRAME_BYTES_MAX: usize = crate::network::PEER_MESSAGE_BYTES_MAX;
 /// Read buffer of a stream: one small frame per read call.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Bytes of a frame before its payload: id and tag.
+const FRAME_HEADER_BYTES: usize = 8 + 1;
 
 /// The request kinds a stream carries.
 pub const METHOD_APPEND_ENTRIES: u8 = 1;
 
-const RESPONSE_OK: u8 = 0;
-const RESPONSE_ERROR: u8 = 1;
+const ANSWER_OK: u8 = 0;
+const ANSWER_ERROR: u8 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -50,18 +61,35 @@ pub enum StreamError {
     Io(#[from] io::Error),
     #[error("frame of {0} bytes is over the {FRAME_BYTES_MAX}-byte limit")]
     TooLarge(usize),
-    #[error("empty frame")]
-    Empty,
+    #[error("frame of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("answer to request {got} while waiting for {wanted}")]
+    Mismatch { wanted: u64, got: u64 },
     #[error("the peer answered: {0}")]
     Remote(String),
-    /// The peer closed the connection before answering the first request:
-    /// a member that does not speak this transport (gRPC hangs up on the
-    /// magic bytes).
-    #[error("the peer closed the stream without answering")]
+    /// The peer did not answer the magic bytes with its own: a member that
+    /// does not speak this transport.
+    #[error("the peer does not take raft streams")]
     Refused,
 }
 
-async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<Vec<u8>>, StreamError> {
+impl StreamError {
+    /// Whether the failure is the connection's (lost, timed out) rather
+    /// than a malformed exchange.
+    pub fn is_transport(&self) -> bool {
+        matches!(self, StreamError::Io(_))
+    }
+}
+
+/// A frame as read: its id, tag and payload.
+#[derive(Debug)]
+struct Frame {
+    id: u64,
+    tag: u8,
+    payload: Vec<u8>,
+}
+
+async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<Frame>, StreamError> {
     let mut len = [0u8; 4];
     match reader.read_exact(&mut len).await {
         Ok(_) => {}
@@ -72,22 +100,30 @@ async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<Vec<u
     if len > FRAME_BYTES_MAX {
         return Err(StreamError::TooLarge(len));
     }
-    if len == 0 {
-        return Err(StreamError::Empty);
+    if len < FRAME_HEADER_BYTES {
+        return Err(StreamError::Short(len));
     }
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await?;
-    Ok(Some(body))
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    reader.read_exact(&mut header).await?;
+    let payload_len = len - FRAME_HEADER_BYTES;
+    let mut payload = Vec::with_capacity(payload_len.min(READ_BUFFER_BYTES));
+    let read = reader.take(payload_len as u64).read_to_end(&mut payload).await?;
+    if read < payload_len {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+    }
+    let id = u64::from_be_bytes(header[..8].try_into().expect("8 bytes"));
+    Ok(Some(Frame { id, tag: header[8], payload }))
 }
 
-/// One frame: the length, `tag`, then `payload`, in one buffer (one write).
-fn frame(tag: u8, payload: &[u8]) -> Result<Vec<u8>, StreamError> {
-    let len = payload.len() + 1;
+/// One frame in one buffer (one write).
+fn frame(id: u64, tag: u8, payload: &[u8]) -> Result<Vec<u8>, StreamError> {
+    let len = FRAME_HEADER_BYTES + payload.len();
     if len > FRAME_BYTES_MAX {
         return Err(StreamError::TooLarge(len));
     }
     let mut out = Vec::with_capacity(4 + len);
     out.extend_from_slice(&(len as u32).to_be_bytes());
+    out.extend_from_slice(&id.to_be_bytes());
     out.push(tag);
     out.extend_from_slice(payload);
     Ok(out)
@@ -96,62 +132,77 @@ fn frame(tag: u8, payload: &[u8]) -> Result<Vec<u8>, StreamError> {
 /// The client end, owned by one replication task.
 pub struct RaftStream {
     stream: BufReader<TcpStream>,
-    /// No request has been answered yet on this connection.
-    fresh: bool,
+    /// The id of the last request sent.
+    last_id: u64,
 }
 
 impl RaftStream {
-    /// Connects to `addr` (`host:port`) and sends the magic bytes.
+    /// Connects to `host:port` and trades magic bytes; `Refused` when the
+    /// peer answers otherwise or hangs up first.
     pub async fn connect(host: &str, port: u16) -> Result<RaftStream, StreamError> {
         let stream = TcpStream::connect((host, port)).await?;
         stream.set_nodelay(true)?;
         let mut stream = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
         stream.write_all(STREAM_MAGIC).await?;
-        Ok(RaftStream { stream, fresh: true })
+        let mut answer = [0u8; STREAM_MAGIC.len()];
+        match stream.read_exact(&mut answer).await {
+            Ok(_) if &answer == STREAM_MAGIC => Ok(RaftStream { stream, last_id: 0 }),
+            Ok(_) => Err(StreamError::Refused),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                Err(StreamError::Refused)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Sends one request and waits for its answer (bincode bytes).
     pub async fn call(&mut self, method: u8, payload: &[u8]) -> Result<Vec<u8>, StreamError> {
-        self.stream.write_all(&frame(method, payload)?).await?;
-        let Some(mut body) = read_frame(&mut self.stream).await? else {
-            return Err(if self.fresh {
-                StreamError::Refused
-            } else {
-                io::Error::from(io::ErrorKind::UnexpectedEof).into()
-            });
+        self.last_id += 1;
+        let id = self.last_id;
+        self.stream.write_all(&frame(id, method, payload)?).await?;
+        let Some(answer) = read_frame(&mut self.stream).await? else {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
         };
-        self.fresh = false;
-        match body[0] {
-            RESPONSE_OK => {
-                body.remove(0);
-                Ok(body)
-            }
-            _ => Err(StreamError::Remote(String::from_utf8_lossy(&body[1..]).into_owned())),
+        if answer.id != id {
+            return Err(StreamError::Mismatch { wanted: id, got: answer.id });
+        }
+        match answer.tag {
+            ANSWER_OK => Ok(answer.payload),
+            _ => Err(StreamError::Remote(String::from_utf8_lossy(&answer.payload).into_owned())),
         }
     }
 }
 
-/// Serves one stream connection (the magic bytes already read) until the
+/// Serves one stream connection (its magic bytes already read) until the
 /// peer closes it or `stop` fires.
 pub async fn serve(node: Arc<StoreNode>, stream: TcpStream, mut stop: tokio::sync::watch::Receiver<bool>) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut stream = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
+    if let Err(e) = stream.write_all(STREAM_MAGIC).await {
+        tracing::debug!(%peer, error = %e, "raft stream closed");
+        return;
+    }
     loop {
         let request = tokio::select! {
             request = read_frame(&mut stream) => request,
             _ = stop.wait_for(|stop| *stop) => return,
         };
-        let body = match request {
-            Ok(Some(body)) => body,
+        let request = match request {
+            Ok(Some(request)) => request,
             Ok(None) => return,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "raft stream closed");
                 return;
             }
         };
-        let answer = match answer(&node, body[0], &body[1..]).await {
-            Ok(payload) => frame(RESPONSE_OK, &payload),
-            Err(message) => frame(RESPONSE_ERROR, message.as_bytes()),
+        let answer = match answer(&node, request.tag, &request.payload).await {
+            Ok(payload) => frame(request.id, ANSWER_OK, &payload),
+            Err(message) => frame(request.id, ANSWER_ERROR, message.as_bytes()),
         };
         let written = match answer {
             Ok(bytes) => stream.write_all(&bytes).await.map_err(StreamError::from),
@@ -312,25 +363,34 @@ mod tests {
         assert_eq!(all, &STREAM_MAGIC[..5]);
     }
 
-    #[tokio::test]
-    async fn frames_cross_and_errors_come_back_as_errors() {
+    /// A server speaking the stream protocol: acknowledges the magic, then
+    /// answers each request with `reply(request)`.
+    async fn fake_member(reply: fn(Frame) -> Vec<u8>) -> (u16, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
             let Accepted::Stream(stream) = classify(stream).await.unwrap() else { panic!("not a stream") };
             let mut stream = BufReader::new(stream);
-            // Echo the first request's payload, refuse the second.
-            let body = read_frame(&mut stream).await.unwrap().unwrap();
-            assert_eq!(body[0], METHOD_APPEND_ENTRIES);
-            stream.write_all(&frame(RESPONSE_OK, &body[1..]).unwrap()).await.unwrap();
-            read_frame(&mut stream).await.unwrap().unwrap();
-            stream.write_all(&frame(RESPONSE_ERROR, b"no such thing").unwrap()).await.unwrap();
-            assert!(read_frame(&mut stream).await.unwrap().is_none(), "the client hung up");
+            stream.write_all(STREAM_MAGIC).await.unwrap();
+            while let Some(request) = read_frame(&mut stream).await.unwrap() {
+                stream.write_all(&reply(request)).await.unwrap();
+            }
         });
+        (port, server)
+    }
+
+    #[tokio::test]
+    async fn frames_cross_and_errors_come_back_as_errors() {
+        let (port, server) = fake_member(|request| match request.tag {
+            METHOD_APPEND_ENTRIES => frame(request.id, ANSWER_OK, &request.payload).unwrap(),
+            _ => frame(request.id, ANSWER_ERROR, b"no such thing").unwrap(),
+        })
+        .await;
         let mut client = RaftStream::connect("127.0.0.1", port).await.unwrap();
         let big = vec![7u8; 300_000];
         assert_eq!(client.call(METHOD_APPEND_ENTRIES, &big).await.unwrap(), big);
+        assert_eq!(client.call(METHOD_APPEND_ENTRIES, b"").await.unwrap(), b"");
         match client.call(9, b"x").await {
             Err(StreamError::Remote(message)) => assert_eq!(message, "no such thing"),
             other => panic!("expected the remote error, got {other:?}"),
@@ -340,25 +400,63 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_peer_hanging_up_before_the_first_answer_refuses_streams() {
+    async fn an_answer_to_another_request_is_an_error() {
+        let (port, _server) = fake_member(|request| frame(request.id + 1, ANSWER_OK, b"late").unwrap()).await;
+        let mut client = RaftStream::connect("127.0.0.1", port).await.unwrap();
+        assert!(matches!(
+            client.call(METHOD_APPEND_ENTRIES, b"x").await,
+            Err(StreamError::Mismatch { wanted: 1, got: 2 })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_member_without_streams_refuses_them() {
+        // An HTTP/2 server's first bytes (an empty SETTINGS frame), then it
+        // hangs up on a preface it does not recognise.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        // What a gRPC server does with bytes that are not an HTTP/2 preface.
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            stream.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+            let mut head = [0u8; 8];
+            stream.read_exact(&mut head).await.unwrap();
+        });
+        assert!(matches!(RaftStream::connect("127.0.0.1", port).await, Err(StreamError::Refused)));
+        server.await.unwrap();
+        // One that hangs up without a word.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
         let server = tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
             let mut head = [0u8; 8];
             stream.read_exact(&mut head).await.unwrap();
         });
-        let mut client = RaftStream::connect("127.0.0.1", port).await.unwrap();
+        assert!(matches!(RaftStream::connect("127.0.0.1", port).await, Err(StreamError::Refused)));
         server.await.unwrap();
-        assert!(matches!(client.call(METHOD_APPEND_ENTRIES, b"x").await, Err(StreamError::Refused)));
     }
 
     #[tokio::test]
-    async fn oversized_frames_are_refused_before_reading_them() {
+    async fn bad_lengths_are_refused_and_cut_frames_are_errors() {
         let (mut client, server) = pair().await;
         client.write_all(&((FRAME_BYTES_MAX + 1) as u32).to_be_bytes()).await.unwrap();
         let mut server = BufReader::new(server);
         assert!(matches!(read_frame(&mut server).await, Err(StreamError::TooLarge(_))));
+
+        let (mut client, server) = pair().await;
+        client.write_all(&3u32.to_be_bytes()).await.unwrap();
+        let mut server = BufReader::new(server);
+        assert!(matches!(read_frame(&mut server).await, Err(StreamError::Short(3))));
+
+        // Announces 1 MiB, sends 10 bytes, hangs up.
+        let (mut client, server) = pair().await;
+        let mut cut = frame(1, METHOD_APPEND_ENTRIES, &vec![0u8; 1 << 20]).unwrap();
+        cut.truncate(4 + FRAME_HEADER_BYTES + 10);
+        client.write_all(&cut).await.unwrap();
+        drop(client);
+        let mut server = BufReader::new(server);
+        match read_frame(&mut server).await {
+            Err(StreamError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof),
+            other => panic!("expected an early end, got {other:?}"),
+        }
     }
 }

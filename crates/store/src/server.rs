@@ -135,7 +135,13 @@ fn peer_incoming(
             }
             let (grpc, node, stop) = (grpc.clone(), node.clone(), stop.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(FIRST_BYTES_TIMEOUT, classify(stream)).await {
+                let mut stopped = stop.clone();
+                let first_bytes = tokio::time::timeout(FIRST_BYTES_TIMEOUT, classify(stream));
+                let classified = tokio::select! {
+                    classified = first_bytes => classified,
+                    _ = stopped.wait_for(|stop| *stop) => return,
+                };
+                match classified {
                     Ok(Ok(Accepted::Stream(stream))) => crate::raft_stream::serve(node, stream, stop).await,
                     Ok(Ok(Accepted::Grpc(stream))) => {
                         let _ = grpc.send(Ok(Coalesced::new(stream))).await;
