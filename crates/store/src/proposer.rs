@@ -24,8 +24,15 @@ use crate::types::{Raft, Request};
 pub const BATCH_COMMANDS_MAX: usize = 1_024;
 /// Encoded bytes of one batch, at most (a single larger command goes alone).
 pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// Batches handed to Raft and not yet applied, at most.
-pub const BATCHES_IN_FLIGHT_MAX: usize = 8;
+/// Batches handed to Raft and not yet applied, at most. Two keep the log
+/// busy (one batch replicates while the next fills) and no more: openraft
+/// sends a follower one AppendEntries at a time, which carries every entry
+/// appended meanwhile, so a third batch would only split the same writes
+/// into more entries (more appends, fsyncs and applies on the leader).
+/// Measured with `fivefold bench put` on 3 members: 8 → 2 raised 100x10
+/// from 6,631–8,224 to 8,680–9,906 puts/s and 1000x100 from 11,052–13,968
+/// to 13,698–15,398, p99 down by a third (docs/BENCHMARKS.md).
+pub const BATCHES_IN_FLIGHT_MAX: usize = 2;
 /// Proposals waiting for a batch, at most; callers wait beyond that.
 pub const PROPOSALS_QUEUED_MAX: usize = 16_384;
 
