@@ -32,6 +32,10 @@ pub struct ApplyBatch<'s> {
     /// Every change of the batch, in revision order, for watchers.
     events: Vec<Event>,
     lease_changes: Vec<LeaseChange>,
+    /// Whether a NOSPACE alarm is active, once read in this batch (an
+    /// Alarm command clears it): writes check it without opening the alarms
+    /// table each time.
+    no_space: Option<bool>,
 }
 
 /// What a committed batch changed.
@@ -58,7 +62,15 @@ impl<'s> ApplyBatch<'s> {
     pub(crate) fn begin(store: &'s MvccStore) -> Result<ApplyBatch<'s>, StorageError> {
         let txn = store.begin_write()?;
         let (revision, compacted) = crate::store::read_revisions(&txn.open_table(META)?)?;
-        Ok(ApplyBatch { store, txn, revision, compacted, events: Vec::new(), lease_changes: Vec::new() })
+        Ok(ApplyBatch {
+            store,
+            txn,
+            revision,
+            compacted,
+            events: Vec::new(),
+            lease_changes: Vec::new(),
+            no_space: None,
+        })
     }
 
     /// The store revision as of the commands applied so far.
@@ -104,7 +116,10 @@ impl<'s> ApplyBatch<'s> {
             "a command takes a revision exactly when it changes a key"
         );
         if self.revision == before + 1 {
-            lease::index_events(&mut self.txn.open_table(LEASE_KEYS)?, &self.events[events_before..])?;
+            let changed = &self.events[events_before..];
+            if lease::changes_lease_keys(changed) {
+                lease::index_events(&mut self.txn.open_table(LEASE_KEYS)?, changed)?;
+            }
             let keys: Vec<&[u8]> = self.events[events_before..]
                 .iter()
                 .map(|e| e.kv.as_ref().map_or(&[][..], |kv| kv.key.as_slice()))
@@ -151,8 +166,16 @@ impl<'s> ApplyBatch<'s> {
 
     /// Writes that add data are refused while a NOSPACE alarm is active;
     /// deletes and compaction, which free space, are not.
-    fn check_space(&self) -> Result<(), KvError> {
-        if crate::maintenance::no_space(&self.txn.open_table(ALARMS)?)? {
+    fn check_space(&mut self) -> Result<(), KvError> {
+        let no_space = match self.no_space {
+            Some(known) => known,
+            None => {
+                let now = crate::maintenance::no_space(&self.txn.open_table(ALARMS)?)?;
+                self.no_space = Some(now);
+                now
+            }
+        };
+        if no_space {
             return Err(MvccError::NoSpace.into());
         }
         Ok(())
@@ -163,7 +186,11 @@ impl<'s> ApplyBatch<'s> {
         self.check_space()?;
         let rev = self.pending();
         let mut kv = self.txn.open_table(KV)?;
-        check_put_state(&kv, &self.txn.open_table(LEASES)?, req)?;
+        if req.lease == 0 {
+            check_put_key(&kv, req)?;
+        } else {
+            check_put_state(&kv, &self.txn.open_table(LEASES)?, req)?;
+        }
         let resp = put(&mut kv, req, rev, &mut self.events)?;
         self.revision += 1;
         Ok(command_response::Kind::Put(PutResponse { header: Some(self.header()), ..resp }))
@@ -200,6 +227,7 @@ impl<'s> ApplyBatch<'s> {
 
     fn alarm(&mut self, req: &AlarmRequest) -> Result<command_response::Kind, KvError> {
         let mut resp = crate::maintenance::apply_alarm(&mut self.txn.open_table(ALARMS)?, req)?;
+        self.no_space = None;
         resp.header = Some(self.header());
         Ok(command_response::Kind::Alarm(resp))
     }
@@ -260,14 +288,24 @@ impl<'s> ApplyBatch<'s> {
 
 /// Checks a Put against the state: `ignore_*` needs an existing key; a lease
 /// must exist (none does until leases are implemented).
-fn check_put_state(
+/// The part of `check_put_state` that needs no lease: `ignore_*` needs an
+/// existing key.
+fn check_put_key(
     kv: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    leases: &impl ReadableTable<i64, &'static [u8]>,
     req: &PutRequest,
 ) -> Result<(), KvError> {
     if (req.ignore_value || req.ignore_lease) && live_at(kv, &req.key, u64::MAX)?.is_none() {
         return Err(MvccError::KeyNotFound.into());
     }
+    Ok(())
+}
+
+fn check_put_state(
+    kv: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    leases: &impl ReadableTable<i64, &'static [u8]>,
+    req: &PutRequest,
+) -> Result<(), KvError> {
+    check_put_key(kv, req)?;
     if req.lease != 0 && !lease::lease_exists(leases, req.lease)? {
         return Err(MvccError::LeaseNotFound.into());
     }

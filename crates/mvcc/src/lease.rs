@@ -107,6 +107,17 @@ pub(crate) fn forget(
 
 /// Keeps the key index in step with one command's events: a key leaves the
 /// lease it had when deleted or moved, and joins the lease it is put with.
+/// Whether any of `events` moves a key onto, off or between leases (what
+/// `index_events` would write).
+pub(crate) fn changes_lease_keys(events: &[Event]) -> bool {
+    events.iter().any(|e| {
+        let old = e.prev_kv.as_ref().map_or(0, |p| p.lease);
+        let new =
+            if e.r#type == event::EventType::Put as i32 { e.kv.as_ref().map_or(0, |kv| kv.lease) } else { 0 };
+        e.kv.is_some() && old != new
+    })
+}
+
 pub(crate) fn index_events(
     lease_keys: &mut Table<'_, &'static [u8], &'static [u8]>,
     events: &[Event],
