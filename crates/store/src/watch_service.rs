@@ -369,7 +369,8 @@ impl WatchStream {
             for event in events {
                 let revision = |e: &Event| e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
                 let new_revision = chunk.last().is_some_and(|last| revision(last) != revision(&event));
-                if new_revision && size + event.encoded_len() > WATCH_RESPONSE_BYTES_MAX {
+                let bytes = event.encoded_len();
+                if new_revision && size + bytes > WATCH_RESPONSE_BYTES_MAX {
                     self.send(WatchResponse {
                         events: std::mem::take(&mut chunk),
                         ..self.response(id, head)
@@ -377,7 +378,7 @@ impl WatchStream {
                     .await?;
                     size = 0;
                 }
-                size += event.encoded_len();
+                size += bytes;
                 chunk.push(event);
             }
             return self.send(WatchResponse { events: chunk, ..self.response(id, head) }).await;
