@@ -286,8 +286,6 @@ impl<'s> ApplyBatch<'s> {
     }
 }
 
-/// Checks a Put against the state: `ignore_*` needs an existing key; a lease
-/// must exist (none does until leases are implemented).
 /// The part of `check_put_state` that needs no lease: `ignore_*` needs an
 /// existing key.
 fn check_put_key(
@@ -300,6 +298,8 @@ fn check_put_key(
     Ok(())
 }
 
+/// Checks a Put against the state: `ignore_*` needs an existing key; a lease
+/// must exist.
 fn check_put_state(
     kv: &impl ReadableTable<&'static [u8], &'static [u8]>,
     leases: &impl ReadableTable<i64, &'static [u8]>,

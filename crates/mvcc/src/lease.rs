@@ -105,8 +105,6 @@ pub(crate) fn forget(
     Ok((LeaseRevokeResponse { header: None }, LeaseChange::Revoked { id: req.id }))
 }
 
-/// Keeps the key index in step with one command's events: a key leaves the
-/// lease it had when deleted or moved, and joins the lease it is put with.
 /// Whether any of `events` moves a key onto, off or between leases (what
 /// `index_events` would write).
 pub(crate) fn changes_lease_keys(events: &[Event]) -> bool {
@@ -118,6 +116,8 @@ pub(crate) fn changes_lease_keys(events: &[Event]) -> bool {
     })
 }
 
+/// Keeps the key index in step with one command's events: a key leaves the
+/// lease it had when deleted or moved, and joins the lease it is put with.
 pub(crate) fn index_events(
     lease_keys: &mut Table<'_, &'static [u8], &'static [u8]>,
     events: &[Event],

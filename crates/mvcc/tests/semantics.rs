@@ -354,3 +354,36 @@ fn leases_hold_keys_and_revoke_deletes_them_in_one_revision() {
     apply(&store, command::Kind::DeleteRange(DeleteRangeRequest { key: "a".into(), ..Default::default() }));
     assert!(store.lease(7).unwrap().unwrap().keys.is_empty());
 }
+
+#[test]
+fn an_alarm_raised_or_cleared_in_a_batch_applies_to_the_writes_after_it() {
+    use etcd_proto::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
+    let (_dir, store) = open();
+    let alarm = |action: AlarmAction| Command {
+        kind: Some(command::Kind::Alarm(AlarmRequest {
+            action: action as i32,
+            member_id: 7,
+            alarm: AlarmType::Nospace as i32,
+        })),
+    };
+    let put_cmd = |key: &str| Command {
+        kind: Some(command::Kind::Put(PutRequest {
+            key: key.into(),
+            value: "v".into(),
+            ..Default::default()
+        })),
+    };
+    let mut batch = store.begin_apply().unwrap();
+    // The first put reads the alarms (none), the alarm is raised, the
+    // second put must see it; once cleared, the third goes through.
+    assert_eq!(error_of(&batch.apply(&put_cmd("before")).unwrap()), None);
+    batch.apply(&alarm(AlarmAction::Activate)).unwrap();
+    let refused = batch.apply(&put_cmd("during")).unwrap();
+    assert_eq!(error_of(&refused).as_deref(), Some(MvccError::NoSpace.to_string().as_str()));
+    batch.apply(&alarm(AlarmAction::Deactivate)).unwrap();
+    assert_eq!(error_of(&batch.apply(&put_cmd("after")).unwrap()), None);
+    batch.commit(false).unwrap();
+    assert_eq!(get(&store, "before", 0).unwrap().as_deref(), Some("v"));
+    assert_eq!(get(&store, "during", 0).unwrap(), None);
+    assert_eq!(get(&store, "after", 0).unwrap().as_deref(), Some("v"));
+}
