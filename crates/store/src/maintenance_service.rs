@@ -141,14 +141,17 @@ impl Maintenance for MaintenanceService {
         let dir = self.node.config.data_dir.clone();
         // Sealed into an unnamed file, then streamed from it: the state may be
         // larger than memory.
-        let (mut file, total) = on_pool(move || sealed_snapshot(&mvcc, &dir)).await?.map_err(internal)?;
+        let (file, total) = on_pool(move || sealed_snapshot(&mvcc, &dir)).await?.map_err(internal)?;
         let header = self.node.header(self.node.mvcc.revision());
         let (tx, rx) = mpsc::channel(4);
-        tokio::task::spawn_blocking(move || {
+        // An async task: a client that stops reading holds this task, not a
+        // thread of the blocking pool (each chunk's read borrows one briefly).
+        let mut file = tokio::fs::File::from_std(file);
+        tokio::spawn(async move {
             let mut sent = 0;
             while sent < total {
                 let mut blob = vec![0; SNAPSHOT_CHUNK_BYTES.min((total - sent) as usize)];
-                let response = std::io::Read::read_exact(&mut file, &mut blob).map(|()| {
+                let response = tokio::io::AsyncReadExt::read_exact(&mut file, &mut blob).await.map(|_| {
                     sent += blob.len() as u64;
                     SnapshotResponse {
                         header: Some(header),
@@ -158,7 +161,7 @@ impl Maintenance for MaintenanceService {
                     }
                 });
                 let failed = response.is_err();
-                if tx.blocking_send(response.map_err(internal)).is_err() || failed {
+                if tx.send(response.map_err(internal)).await.is_err() || failed {
                     return;
                 }
             }
