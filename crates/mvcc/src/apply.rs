@@ -120,10 +120,8 @@ impl<'s> ApplyBatch<'s> {
             if lease::changes_lease_keys(changed) {
                 lease::index_events(&mut self.txn.open_table(LEASE_KEYS)?, changed)?;
             }
-            let keys: Vec<&[u8]> = self.events[events_before..]
-                .iter()
-                .map(|e| e.kv.as_ref().map_or(&[][..], |kv| kv.key.as_slice()))
-                .collect();
+            let keys: Vec<&[u8]> =
+                changed.iter().map(|e| e.kv.as_ref().map_or(&[][..], |kv| kv.key.as_slice())).collect();
             self.txn
                 .open_table(REVS)?
                 .insert(self.revision as u64, crate::encoding::encode_keys(&keys).as_slice())?;

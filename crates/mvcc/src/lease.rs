@@ -105,15 +105,19 @@ pub(crate) fn forget(
     Ok((LeaseRevokeResponse { header: None }, LeaseChange::Revoked { id: req.id }))
 }
 
+/// The key an event moves between leases, with its old and new lease (0:
+/// none); `None` when the event leaves the key's lease as it was.
+fn lease_move(e: &Event) -> Option<(&[u8], i64, i64)> {
+    let kv = e.kv.as_ref()?;
+    let old = e.prev_kv.as_ref().map_or(0, |p| p.lease);
+    let new = if e.r#type == event::EventType::Put as i32 { kv.lease } else { 0 };
+    (old != new).then_some((kv.key.as_slice(), old, new))
+}
+
 /// Whether any of `events` moves a key onto, off or between leases (what
 /// `index_events` would write).
 pub(crate) fn changes_lease_keys(events: &[Event]) -> bool {
-    events.iter().any(|e| {
-        let old = e.prev_kv.as_ref().map_or(0, |p| p.lease);
-        let new =
-            if e.r#type == event::EventType::Put as i32 { e.kv.as_ref().map_or(0, |kv| kv.lease) } else { 0 };
-        e.kv.is_some() && old != new
-    })
+    events.iter().any(|e| lease_move(e).is_some())
 }
 
 /// Keeps the key index in step with one command's events: a key leaves the
@@ -122,18 +126,12 @@ pub(crate) fn index_events(
     lease_keys: &mut Table<'_, &'static [u8], &'static [u8]>,
     events: &[Event],
 ) -> Result<(), StorageError> {
-    for e in events {
-        let Some(kv) = &e.kv else { continue };
-        let old = e.prev_kv.as_ref().map_or(0, |p| p.lease);
-        let new = if e.r#type == event::EventType::Put as i32 { kv.lease } else { 0 };
-        if old == new {
-            continue;
-        }
+    for (key, old, new) in events.iter().filter_map(lease_move) {
         if old != 0 {
-            lease_keys.remove(lease_key(old, &kv.key).as_slice())?;
+            lease_keys.remove(lease_key(old, key).as_slice())?;
         }
         if new != 0 {
-            lease_keys.insert(lease_key(new, &kv.key).as_slice(), [].as_slice())?;
+            lease_keys.insert(lease_key(new, key).as_slice(), [].as_slice())?;
         }
     }
     Ok(())

@@ -191,18 +191,21 @@ impl MvccStore {
     /// database is taken for a defragmentation: for callers that must not
     /// block (an async worker), which then wait elsewhere.
     pub fn try_range(&self, req: &RangeRequest) -> Option<Result<RangeResponse, KvError>> {
-        let txn = self.try_begin_read()?;
-        Some(txn.map_err(KvError::from).and_then(|txn| range_in(txn, req)))
+        self.try_read(|txn| range_in(txn, req))
     }
 
     /// `read_only_txn` that does not wait; see `try_range`.
     pub fn try_read_only_txn(&self, req: &TxnRequest) -> Option<Result<TxnResponse, KvError>> {
-        let txn = self.try_begin_read()?;
-        Some(txn.map_err(KvError::from).and_then(|txn| read_only_txn_in(txn, req)))
+        self.try_read(|txn| read_only_txn_in(txn, req))
     }
 
-    fn try_begin_read(&self) -> Option<Result<redb::ReadTransaction, redb::TransactionError>> {
-        Some(self.db.try_read().ok()?.begin_read())
+    /// `read` in a read transaction, or `None` if the database is taken.
+    fn try_read<T>(
+        &self,
+        read: impl FnOnce(redb::ReadTransaction) -> Result<T, KvError>,
+    ) -> Option<Result<T, KvError>> {
+        let txn = self.db.try_read().ok()?.begin_read();
+        Some(txn.map_err(KvError::from).and_then(read))
     }
 
     /// Reads a value stored by the layer above with `ApplyBatch::put_meta`.

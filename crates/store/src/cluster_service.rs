@@ -16,6 +16,7 @@ use etcd_proto::fivefoldpb::peer_client::PeerClient;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
+use crate::network::PeerChannel;
 use crate::node::{Retry, StoreNode};
 
 pub struct ClusterService {
@@ -38,7 +39,7 @@ impl ClusterService {
         Req: Clone,
         Here: Fn(Req) -> HereFut,
         HereFut: Future<Output = Result<Resp, Status>>,
-        Remote: Fn(PeerClient<crate::network::PeerChannel>, tonic::Request<Req>) -> RemoteFut,
+        Remote: Fn(PeerClient<PeerChannel>, tonic::Request<Req>) -> RemoteFut,
         RemoteFut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         let reply = self
@@ -68,9 +69,7 @@ impl Cluster for ClusterService {
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
         let node = &self.node;
-        let remote = |mut client: PeerClient<crate::network::PeerChannel>, r| async move {
-            client.member_add(r).await
-        };
+        let remote = |mut client: PeerClient<PeerChannel>, r| async move { client.member_add(r).await };
         self.change(request.into_inner(), |r| node.member_add_here(r), remote, true).await
     }
 
@@ -80,9 +79,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         let node = &self.node;
         let req = request.into_inner();
-        let remote = |mut client: PeerClient<crate::network::PeerChannel>, r| async move {
-            client.member_remove(r).await
-        };
+        let remote = |mut client: PeerClient<PeerChannel>, r| async move { client.member_remove(r).await };
         self.change(req, |r| node.member_remove_here(r), remote, req.id != node.member_id).await
     }
 
@@ -91,9 +88,7 @@ impl Cluster for ClusterService {
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
         let node = &self.node;
-        let remote = |mut client: PeerClient<crate::network::PeerChannel>, r| async move {
-            client.member_update(r).await
-        };
+        let remote = |mut client: PeerClient<PeerChannel>, r| async move { client.member_update(r).await };
         self.change(request.into_inner(), |r| node.member_update_here(r), remote, true).await
     }
 
@@ -102,9 +97,7 @@ impl Cluster for ClusterService {
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
         let node = &self.node;
-        let remote = |mut client: PeerClient<crate::network::PeerChannel>, r| async move {
-            client.member_promote(r).await
-        };
+        let remote = |mut client: PeerClient<PeerChannel>, r| async move { client.member_promote(r).await };
         self.change(request.into_inner(), |r| node.member_promote_here(r), remote, true).await
     }
 

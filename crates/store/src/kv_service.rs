@@ -8,7 +8,7 @@ use etcd_proto::etcdserverpb::{
     PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use etcd_proto::fivefoldpb::{command, command_response, Command, CommandResponse};
-use mvcc::validate;
+use mvcc::{validate, KvError, MvccStore};
 use tonic::{Request, Response, Status};
 
 use crate::node::{kv_status, on_pool, status_of, StoreNode};
@@ -70,6 +70,22 @@ impl KvService {
     fn header(&self, revision: i64) -> Option<ResponseHeader> {
         Some(self.node.header(revision))
     }
+
+    /// Runs a read on this worker when it is a point read and the database
+    /// is free (`here`, which does not wait), else `blocking` on the pool.
+    async fn read<Req: Send + 'static, T: Send + 'static>(
+        &self,
+        req: Req,
+        point: bool,
+        here: fn(&MvccStore, &Req) -> Option<Result<T, KvError>>,
+        blocking: fn(&MvccStore, &Req) -> Result<T, KvError>,
+    ) -> Result<T, Status> {
+        if let Some(done) = point.then(|| here(&self.node.mvcc, &req)).flatten() {
+            return done.map_err(kv_status);
+        }
+        let mvcc = self.node.mvcc.clone();
+        on_pool(move || blocking(&mvcc, &req)).await?.map_err(kv_status)
+    }
 }
 
 #[tonic::async_trait]
@@ -81,15 +97,8 @@ impl Kv for KvService {
         if !req.serializable {
             self.node.read_barrier().await?;
         }
-        let inline = if is_point_read(&req) { self.node.mvcc.try_range(&req) } else { None };
-        let resp = match inline {
-            Some(resp) => resp,
-            None => {
-                let mvcc = self.node.mvcc.clone();
-                on_pool(move || mvcc.range(&req)).await?
-            }
-        };
-        let mut resp = resp.map_err(kv_status)?;
+        let point = is_point_read(&req);
+        let mut resp = self.read(req, point, MvccStore::try_range, MvccStore::range).await?;
         let revision = resp.header.as_ref().map_or(0, |h| h.revision);
         resp.header = self.header(revision);
         Ok(Response::new(resp))
@@ -133,15 +142,9 @@ impl Kv for KvService {
         if validate::txn_is_read_only(&req) {
             let template = self.node.header(0);
             self.node.read_barrier().await?;
-            let inline = if txn_reads_points(&req) { self.node.mvcc.try_read_only_txn(&req) } else { None };
-            let resp = match inline {
-                Some(resp) => resp,
-                None => {
-                    let mvcc = self.node.mvcc.clone();
-                    on_pool(move || mvcc.read_only_txn(&req)).await?
-                }
-            };
-            let mut resp = resp.map_err(kv_status)?;
+            let point = txn_reads_points(&req);
+            let mut resp =
+                self.read(req, point, MvccStore::try_read_only_txn, MvccStore::read_only_txn).await?;
             stamp_txn(&mut resp, &template);
             return Ok(Response::new(resp));
         }

@@ -1,7 +1,9 @@
 //! The peer transport: openraft's RPCs over gRPC (`fivefoldpb.Peer`), each
-//! payload serialized with bincode. One lazily connected channel per peer.
+//! payload serialized with bincode, one lazily connected channel per peer;
+//! AppendEntries goes over a `raft_stream` when the peer takes one.
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use etcd_proto::fivefoldpb::peer_client::PeerClient;
 use etcd_proto::fivefoldpb::RaftPayload;
@@ -19,8 +21,6 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::coalesce::Coalesced;
 use crate::raft_stream::{RaftStream, StreamError, METHOD_APPEND_ENTRIES};
-use std::time::Instant;
-
 use crate::types::{Member, NodeId, TypeConfig};
 
 /// Largest peer message: a batch of entries or a snapshot chunk.
@@ -39,25 +39,23 @@ pub fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
         .connect_with_connector_lazy(tower::service_fn(connect)))
 }
 
-/// Connects to the host and port of `uri` (`http` only: peers speak h2c),
-/// without Nagle's delay, behind a write-coalescing wrapper.
+/// Connects to the peer at `uri` behind a write-coalescing wrapper.
 async fn connect(uri: http::Uri) -> std::io::Result<TokioIo<Coalesced<TcpStream>>> {
-    let (host, port) = host_port(&uri)?;
-    let stream = TcpStream::connect((host.as_str(), port)).await?;
-    stream.set_nodelay(true)?;
-    Ok(TokioIo::new(Coalesced::new(stream)))
+    Ok(TokioIo::new(Coalesced::new(dial(peer_addr(&uri.to_string())?).await?)))
 }
 
-/// The host (IPv6 brackets removed) and port of an `http://` peer URL.
-fn host_port(uri: &http::Uri) -> std::io::Result<(String, u16)> {
-    let unsupported =
-        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{what}: {uri}"));
-    if uri.scheme_str() != Some("http") {
-        return Err(unsupported("peer URLs must be http://host:port"));
-    }
-    let host = uri.host().ok_or_else(|| unsupported("no host in peer URL"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    Ok((host.to_string(), uri.port_u16().unwrap_or(80)))
+/// The address of a peer URL, checked as the flags are (`http://ip:port`).
+fn peer_addr(url: &str) -> std::io::Result<SocketAddr> {
+    crate::config::parse_url("peer URL", url)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
+}
+
+/// A TCP connection to a peer, without Nagle's delay (small Raft messages
+/// must not wait for delayed ACKs).
+pub(crate) async fn dial(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 /// After a peer hung up on a raft stream without answering (a member of a
@@ -208,13 +206,39 @@ impl PeerConnection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let data = self.encode_and_pass(request).await?;
+        self.send(method, data, option).await
+    }
+
+    /// `request` encoded, once the fault rules let a message through.
+    async fn encode_and_pass<Req: Serialize, E>(
+        &self,
+        request: &Req,
+    ) -> Result<Vec<u8>, RPCError<NodeId, Member, RaftError<NodeId, E>>>
+    where
+        E: std::error::Error,
+    {
         let data = bincode::serialize(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         self.channels
             .faults
             .pass(&self.url)
             .await
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        self.send(method, data, option).await
+        Ok(data)
+    }
+
+    /// A peer's encoded answer: its response, or the Raft error it returned.
+    fn decode_reply<Resp, E>(
+        &self,
+        reply: &[u8],
+    ) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            bincode::deserialize(reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
     /// Sends an encoded request over gRPC (the fault rules already passed).
@@ -245,9 +269,7 @@ impl PeerConnection {
                 _ => RPCError::Network(NetworkError::new(&e)),
             }
         })?;
-        let result: Result<Resp, RaftError<NodeId, E>> = bincode::deserialize(&reply.into_inner().data)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        self.decode_reply(&reply.into_inner().data)
     }
 }
 
@@ -268,17 +290,11 @@ impl PeerConnection {
         // (here, or by openraft dropping this future), it is dropped with it
         // and never carries a stale answer into the next call.
         let stream = self.stream.take();
-        let url = self.url.clone();
+        let url = &self.url;
         let exchange = async move {
             let mut stream = match stream {
                 Some(stream) => stream,
-                None => {
-                    let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| {
-                        std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
-                    })?;
-                    let (host, port) = host_port(&uri)?;
-                    RaftStream::connect(&host, port).await?
-                }
+                None => RaftStream::connect(peer_addr(url)?).await?,
             };
             let reply = stream.call(METHOD_APPEND_ENTRIES, data).await?;
             Ok::<_, StreamError>((stream, reply))
@@ -304,12 +320,7 @@ impl PeerConnection {
             Ok(Err(e)) => return Some(Err(failed(&e, e.is_transport(), &self.url))),
             Err(_) => return Some(Err(failed(&"timed out", true, &self.url))),
         };
-        let result: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
-            match bincode::deserialize(&reply) {
-                Ok(result) => result,
-                Err(e) => return Some(Err(RPCError::Network(NetworkError::new(&e)))),
-            };
-        Some(result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))))
+        Some(self.decode_reply(&reply))
     }
 }
 
@@ -326,12 +337,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        let data = bincode::serialize(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        self.channels
-            .faults
-            .pass(&self.url)
-            .await
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let data = self.encode_and_pass(&rpc).await?;
         if self.stream_usable() {
             if let Some(reply) = self.append_on_stream(&data, &option).await {
                 return reply;

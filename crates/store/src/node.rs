@@ -24,7 +24,7 @@ use tonic::{Code, Status};
 use crate::config::StoreConfig;
 use crate::identity::Identity;
 use crate::lessor::Lessor;
-use crate::network::PeerChannels;
+use crate::network::{PeerChannel, PeerChannels};
 use crate::proposer::{stopped, Proposer};
 use crate::types::{Member, NodeId, Raft};
 use crate::watch_hub::WatchHub;
@@ -127,7 +127,7 @@ impl StoreNode {
 
     /// A client for the peer at `url`, once fault rules (tests only) let a
     /// message through. Unreachable reads as "not the leader": nothing was sent.
-    pub async fn peer(&self, url: &str) -> Result<PeerClient<crate::network::PeerChannel>, Status> {
+    pub async fn peer(&self, url: &str) -> Result<PeerClient<PeerChannel>, Status> {
         self.peers.passing(url).await.map_err(|e| {
             tracing::debug!(error = %e, "peer unreachable");
             Status::unavailable(NOT_LEADER)
@@ -429,7 +429,7 @@ impl StoreNode {
     where
         Here: Fn() -> HereFut,
         HereFut: std::future::Future<Output = Result<T, Status>>,
-        Remote: Fn(PeerClient<crate::network::PeerChannel>, Instant) -> Fut,
+        Remote: Fn(PeerClient<PeerChannel>, Instant) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let deadline = Instant::now() + self.config.request_timeout;

@@ -115,18 +115,30 @@ async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<Frame
     Ok(Some(Frame { id, tag: header[8], payload }))
 }
 
-/// One frame in one buffer (one write).
-fn frame(id: u64, tag: u8, payload: &[u8]) -> Result<Vec<u8>, StreamError> {
-    let len = FRAME_HEADER_BYTES + payload.len();
+/// What precedes a frame's payload: its length, id and tag.
+fn frame_head(id: u64, tag: u8, payload_len: usize) -> Result<[u8; 4 + FRAME_HEADER_BYTES], StreamError> {
+    let len = FRAME_HEADER_BYTES + payload_len;
     if len > FRAME_BYTES_MAX {
         return Err(StreamError::TooLarge(len));
     }
-    let mut out = Vec::with_capacity(4 + len);
-    out.extend_from_slice(&(len as u32).to_be_bytes());
-    out.extend_from_slice(&id.to_be_bytes());
-    out.push(tag);
-    out.extend_from_slice(payload);
-    Ok(out)
+    let mut head = [0u8; 4 + FRAME_HEADER_BYTES];
+    head[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    head[4..12].copy_from_slice(&id.to_be_bytes());
+    head[12] = tag;
+    Ok(head)
+}
+
+/// Writes one frame: head and payload in one vectored write, the payload
+/// not copied.
+async fn write_frame<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    id: u64,
+    tag: u8,
+    payload: &[u8],
+) -> Result<(), StreamError> {
+    let head = frame_head(id, tag, payload.len())?;
+    writer.write_all_buf(&mut bytes::Buf::chain(&head[..], payload)).await?;
+    Ok(())
 }
 
 /// The client end, owned by one replication task.
@@ -137,11 +149,10 @@ pub struct RaftStream {
 }
 
 impl RaftStream {
-    /// Connects to `host:port` and trades magic bytes; `Refused` when the
-    /// peer answers otherwise or hangs up first.
-    pub async fn connect(host: &str, port: u16) -> Result<RaftStream, StreamError> {
-        let stream = TcpStream::connect((host, port)).await?;
-        stream.set_nodelay(true)?;
+    /// Connects to `addr` and trades magic bytes; `Refused` when the peer
+    /// answers otherwise or hangs up first.
+    pub async fn connect(addr: std::net::SocketAddr) -> Result<RaftStream, StreamError> {
+        let stream = crate::network::dial(addr).await?;
         let mut stream = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
         stream.write_all(STREAM_MAGIC).await?;
         let mut answer = [0u8; STREAM_MAGIC.len()];
@@ -164,7 +175,7 @@ impl RaftStream {
     pub async fn call(&mut self, method: u8, payload: &[u8]) -> Result<Vec<u8>, StreamError> {
         self.last_id += 1;
         let id = self.last_id;
-        self.stream.write_all(&frame(id, method, payload)?).await?;
+        write_frame(&mut self.stream, id, method, payload).await?;
         let Some(answer) = read_frame(&mut self.stream).await? else {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
         };
@@ -200,13 +211,9 @@ pub async fn serve(node: Arc<StoreNode>, stream: TcpStream, mut stop: tokio::syn
                 return;
             }
         };
-        let answer = match answer(&node, request.tag, &request.payload).await {
-            Ok(payload) => frame(request.id, ANSWER_OK, &payload),
-            Err(message) => frame(request.id, ANSWER_ERROR, message.as_bytes()),
-        };
-        let written = match answer {
-            Ok(bytes) => stream.write_all(&bytes).await.map_err(StreamError::from),
-            Err(e) => Err(e),
+        let written = match answer(&node, request.tag, &request.payload).await {
+            Ok(payload) => write_frame(&mut stream, request.id, ANSWER_OK, &payload).await,
+            Err(message) => write_frame(&mut stream, request.id, ANSWER_ERROR, message.as_bytes()).await,
         };
         if let Err(e) = written {
             tracing::debug!(%peer, error = %e, "raft stream closed");
@@ -319,6 +326,13 @@ mod tests {
     use super::*;
     use tokio::net::TcpListener;
 
+    /// A whole frame in one buffer, as `write_frame` sends it.
+    fn frame(id: u64, tag: u8, payload: &[u8]) -> Result<Vec<u8>, StreamError> {
+        let mut out = frame_head(id, tag, payload.len())?.to_vec();
+        out.extend_from_slice(payload);
+        Ok(out)
+    }
+
     async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -387,7 +401,7 @@ mod tests {
             _ => frame(request.id, ANSWER_ERROR, b"no such thing").unwrap(),
         })
         .await;
-        let mut client = RaftStream::connect("127.0.0.1", port).await.unwrap();
+        let mut client = RaftStream::connect(([127, 0, 0, 1], port).into()).await.unwrap();
         let big = vec![7u8; 300_000];
         assert_eq!(client.call(METHOD_APPEND_ENTRIES, &big).await.unwrap(), big);
         assert_eq!(client.call(METHOD_APPEND_ENTRIES, b"").await.unwrap(), b"");
@@ -402,7 +416,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_to_another_request_is_an_error() {
         let (port, _server) = fake_member(|request| frame(request.id + 1, ANSWER_OK, b"late").unwrap()).await;
-        let mut client = RaftStream::connect("127.0.0.1", port).await.unwrap();
+        let mut client = RaftStream::connect(([127, 0, 0, 1], port).into()).await.unwrap();
         assert!(matches!(
             client.call(METHOD_APPEND_ENTRIES, b"x").await,
             Err(StreamError::Mismatch { wanted: 1, got: 2 })
@@ -421,7 +435,10 @@ mod tests {
             let mut head = [0u8; 8];
             stream.read_exact(&mut head).await.unwrap();
         });
-        assert!(matches!(RaftStream::connect("127.0.0.1", port).await, Err(StreamError::Refused)));
+        assert!(matches!(
+            RaftStream::connect(([127, 0, 0, 1], port).into()).await,
+            Err(StreamError::Refused)
+        ));
         server.await.unwrap();
         // One that hangs up without a word.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -431,7 +448,10 @@ mod tests {
             let mut head = [0u8; 8];
             stream.read_exact(&mut head).await.unwrap();
         });
-        assert!(matches!(RaftStream::connect("127.0.0.1", port).await, Err(StreamError::Refused)));
+        assert!(matches!(
+            RaftStream::connect(([127, 0, 0, 1], port).into()).await,
+            Err(StreamError::Refused)
+        ));
         server.await.unwrap();
     }
 

@@ -133,26 +133,33 @@ fn peer_incoming(
                 tracing::debug!(error = %e, "peer connection lost before use");
                 continue;
             }
-            let (grpc, node, stop) = (grpc.clone(), node.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut stopped = stop.clone();
-                let first_bytes = tokio::time::timeout(FIRST_BYTES_TIMEOUT, classify(stream));
-                let classified = tokio::select! {
-                    classified = first_bytes => classified,
-                    _ = stopped.wait_for(|stop| *stop) => return,
-                };
-                match classified {
-                    Ok(Ok(Accepted::Stream(stream))) => crate::raft_stream::serve(node, stream, stop).await,
-                    Ok(Ok(Accepted::Grpc(stream))) => {
-                        let _ = grpc.send(Ok(Coalesced::new(stream))).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(error = %e, "peer connection lost before use"),
-                    Err(_) => tracing::debug!("peer connection sent nothing; closed"),
-                }
-            });
+            tokio::spawn(route(stream, node.clone(), grpc.clone(), stop.clone()));
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(connections)
+}
+
+/// Serves a new peer connection as a raft stream, or hands it to gRPC,
+/// once its first bytes say which.
+async fn route(
+    stream: tokio::net::TcpStream,
+    node: Arc<StoreNode>,
+    grpc: tokio::sync::mpsc::Sender<std::io::Result<Coalesced<Replayed<tokio::net::TcpStream>>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let first_bytes = tokio::time::timeout(FIRST_BYTES_TIMEOUT, classify(stream));
+    let classified = tokio::select! {
+        classified = first_bytes => classified,
+        _ = stop.wait_for(|stop| *stop) => return,
+    };
+    match classified {
+        Ok(Ok(Accepted::Stream(stream))) => crate::raft_stream::serve(node, stream, stop).await,
+        Ok(Ok(Accepted::Grpc(stream))) => {
+            let _ = grpc.send(Ok(Coalesced::new(stream))).await;
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, "peer connection lost before use"),
+        Err(_) => tracing::debug!("peer connection sent nothing; closed"),
+    }
 }
 
 /// The Raft log's directory inside the data dir.

@@ -223,7 +223,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let durable = self.durable_now();
         let entries: Vec<Entry> = entries.into_iter().collect();
-        self.bytes_since_durable += entries.iter().map(payload_bytes).sum::<usize>();
+        if !durable {
+            // A durable commit starts the count again.
+            self.bytes_since_durable += entries.iter().map(payload_bytes).sum::<usize>();
+        }
         let commands: usize = entries.iter().map(commands_in).sum();
         // A small batch applies on this task: handing the worker thread over
         // (block_in_place) costs more than the work. A big one, or a durable
