@@ -118,17 +118,26 @@ impl StoreNode {
         if self.raft.metrics().borrow().current_leader != Some(leader_id) {
             return Err(Status::unavailable(NOT_LEADER));
         }
+        let call = tokio::time::timeout_at(deadline, client.propose(request));
+        tokio::pin!(call);
         let answer = tokio::select! {
             biased;
-            answer = tokio::time::timeout_at(deadline, client.propose(request)) => match answer {
-                Ok(answer) => answer,
-                Err(_) => return Err(Status::unavailable(REQUEST_TIMED_OUT)),
-            },
+            answer = &mut call => answer,
             _ = self.successor_of(leader_id) => {
-                tracing::debug!(leader = %leader, "the leader was replaced while forwarded writes were in flight");
-                return Err(Status::unavailable(LEADER_CHANGED));
+                // A leader that handed leadership over answers the writes it
+                // held with "not the leader" as soon as its successor leads
+                // (see `transfer_gate`): safe to send again. One that died
+                // never answers.
+                match tokio::time::timeout(self.config.heartbeat_interval, &mut call).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        tracing::debug!(leader = %leader, "the leader was replaced while forwarded writes were in flight");
+                        return Err(Status::unavailable(LEADER_CHANGED));
+                    }
+                }
             }
         };
+        let Ok(answer) = answer else { return Err(Status::unavailable(REQUEST_TIMED_OUT)) };
         let response = match answer {
             Ok(reply) => reply
                 .into_inner()

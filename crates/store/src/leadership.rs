@@ -2,7 +2,9 @@
 //!
 //! openraft 0.9 has no leader-transfer message, and its followers refuse votes
 //! while their leader lease (the longest election timeout) runs. So the
-//! leader, once the target holds every entry, stops its heartbeats, asks the
+//! leader holds new proposals and read indexes (each would renew the lease,
+//! see `transfer_gate`), waits until what it proposed is answered and the
+//! target holds every entry, stops its heartbeats, asks the
 //! other voters to hold their own elections (and their pre-votes, see
 //! `election`), and asks the target to campaign as soon as the followers'
 //! lease has passed. Nobody else campaigns in that
@@ -23,6 +25,24 @@ pub const LEADER_PLACEMENT_CHECK: Duration = Duration::from_secs(1);
 /// How long a leader leads before it hands leadership to the primary city,
 /// so that a flapping member does not drag leadership back and forth.
 const LEADER_SETTLE_ELECTION_TIMEOUTS: u32 = 3;
+
+/// How long a transfer may take, in leader leases: the wait for the target
+/// to hold every entry, one lease for the followers' to lapse, the election.
+/// Proposals and reads on the leader wait meanwhile.
+const TRANSFER_HOLD_LEASES: u32 = 4;
+
+/// Puts a leader back to normal however its transfer ends, also when the
+/// MoveLeader call is dropped half-way: heartbeats on, transfer gate open.
+struct RestoreOnDrop<'n> {
+    node: &'n StoreNode,
+}
+
+impl Drop for RestoreOnDrop<'_> {
+    fn drop(&mut self) {
+        self.node.raft.runtime_config().heartbeat(true);
+        self.node.transfer_gate.open();
+    }
+}
 
 const BAD_TRANSFEREE: &str = "etcdserver: bad leader transferee";
 const NOT_LEADER_ETCD: &str = "etcdserver: not leader";
@@ -49,10 +69,17 @@ impl StoreNode {
             return Err(Status::failed_precondition(BAD_TRANSFEREE));
         }
         let lease = self.election_timeout_max();
-        let hold = lease * 4;
-        let deadline = Instant::now() + hold;
+        let deadline = Instant::now() + lease * TRANSFER_HOLD_LEASES;
+        // Nothing new reaches the followers from here on (see `transfer_gate`),
+        // and what was proposed before is answered before anyone campaigns.
+        self.transfer_gate.close_until(deadline);
+        let _restore = RestoreOnDrop { node: self };
+        if tokio::time::timeout_at(deadline, self.proposer.drained()).await.is_err() {
+            return Err(Status::unavailable(TRANSFER_TIMEOUT));
+        }
         self.wait_replicated(target, deadline).await?;
 
+        let hold = deadline.saturating_duration_since(Instant::now());
         let transfer =
             LeaderTransfer { hold_ms: hold.as_millis() as u64, lease_ms: lease.as_millis() as u64 };
         self.hold_elections(hold);
@@ -71,9 +98,7 @@ impl StoreNode {
                 tracing::warn!(member = format_args!("{voter:x}"), %status, "leader transfer: a member did not answer");
             }
         }
-        let moved = self.wait_leader(target, deadline).await;
-        self.raft.runtime_config().heartbeat(true);
-        if moved {
+        if self.wait_leader(target, deadline).await {
             tracing::info!(target = format_args!("{target:x}"), "leadership moved");
             Ok(())
         } else {

@@ -55,6 +55,7 @@ pub mod raft_stream;
 pub mod server;
 pub mod snapshot_data;
 pub mod state_machine;
+pub mod transfer_gate;
 pub mod types;
 pub mod watch_hub;
 pub mod watch_service;

@@ -26,6 +26,7 @@ use crate::identity::Identity;
 use crate::lessor::Lessor;
 use crate::network::{PeerChannel, PeerChannels};
 use crate::proposer::{stopped, Proposer};
+use crate::transfer_gate::TransferGate;
 use crate::types::{Member, NodeId, Raft};
 use crate::watch_hub::WatchHub;
 
@@ -56,13 +57,15 @@ pub struct StoreNode {
     pub lessor: Arc<Lessor>,
     peers: PeerChannels,
     /// Batches this member's proposals while it leads (see `proposer`).
-    proposer: Proposer,
+    pub(crate) proposer: Proposer,
     /// Reads waiting for a read index (see `run_read_rounds`).
     read_rounds: tokio::sync::mpsc::Sender<ReadReply>,
     read_round_queue: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<ReadReply>>>,
     /// Writes a follower forwards to the leader (see `forwarder`).
     pub(crate) forwards: tokio::sync::mpsc::Sender<crate::forwarder::Forward>,
     pub(crate) forward_queue: std::sync::Mutex<Option<crate::forwarder::ForwardQueue>>,
+    /// Closed while this leader hands leadership over (see `transfer_gate`).
+    pub(crate) transfer_gate: TransferGate,
     /// Until when a leader transfer holds this member's campaigns.
     pub(crate) elections_held_until: std::sync::Mutex<Option<Instant>>,
     /// One membership change at a time (see `membership`).
@@ -96,12 +99,14 @@ impl StoreNode {
     ) -> StoreNode {
         let (read_rounds, read_round_queue) = tokio::sync::mpsc::channel(READS_QUEUED_MAX);
         let (forwards, forward_queue) = crate::forwarder::queue();
+        let transfer_gate = TransferGate::default();
         StoreNode {
             forwards,
             forward_queue: std::sync::Mutex::new(Some(forward_queue)),
             read_rounds,
             read_round_queue: std::sync::Mutex::new(Some(read_round_queue)),
-            proposer: Proposer::start(raft.clone()),
+            proposer: Proposer::start(raft.clone(), transfer_gate.clone()),
+            transfer_gate,
             member_id: identity.member_id,
             cluster_id: identity.cluster_id,
             raft,
@@ -292,6 +297,10 @@ impl StoreNode {
 
     /// The read index, confirmed by a heartbeat round to a quorum. Only on the leader.
     pub async fn read_index_here(&self, deadline: Instant) -> Result<u64, Status> {
+        // A read-index round renews the followers' lease: none while leadership moves.
+        if tokio::time::timeout_at(deadline, self.transfer_gate.passed()).await.is_err() {
+            return Err(Status::unavailable(REQUEST_TIMED_OUT));
+        }
         match tokio::time::timeout_at(deadline, self.raft.get_read_log_id()).await {
             Err(_) => Err(Status::unavailable(REQUEST_TIMED_OUT)),
             Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map_or(0, |id| id.index)),

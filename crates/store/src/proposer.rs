@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::Status;
 
 use crate::node::NOT_LEADER;
+use crate::transfer_gate::TransferGate;
 use crate::types::{Raft, Request};
 
 /// Commands in one batch, at most.
@@ -47,6 +48,8 @@ struct Proposal {
 #[derive(Clone)]
 pub struct Proposer {
     queue: mpsc::Sender<Proposal>,
+    /// Batches handed to Raft and not yet answered (see [`BATCHES_IN_FLIGHT_MAX`]).
+    in_flight: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Proposer {
@@ -61,10 +64,20 @@ pub(crate) fn stopped() -> Status {
 
 impl Proposer {
     /// Starts the batching task; it ends when every `Proposer` is dropped.
-    pub fn start(raft: Raft) -> Proposer {
+    /// No batch goes to Raft while `gate` is closed.
+    pub fn start(raft: Raft, gate: TransferGate) -> Proposer {
         let (queue, proposals) = mpsc::channel(PROPOSALS_QUEUED_MAX);
-        tokio::spawn(run(raft, proposals));
-        Proposer { queue }
+        let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+        tokio::spawn(run(raft, proposals, in_flight.clone(), gate));
+        Proposer { queue, in_flight }
+    }
+
+    /// Returns once no batch is in flight. With the gate closed first, none
+    /// starts after that: everything this leader proposed has been answered.
+    pub async fn drained(&self) {
+        let all = BATCHES_IN_FLIGHT_MAX as u32;
+        // The semaphore is never closed; an error would only mean "nothing to wait for".
+        let _all = self.in_flight.acquire_many(all).await;
     }
 
     /// Proposes one command on this member (the leader) and waits until it is
@@ -91,10 +104,23 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut proposals: mpsc::Receiver<Proposal>) {
-    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+async fn run(
+    raft: Raft,
+    mut proposals: mpsc::Receiver<Proposal>,
+    in_flight: Arc<Semaphore>,
+    gate: TransferGate,
+) {
     while let Some(first) = proposals.recv().await {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        // The gate is checked while holding a permit: `drained` after closing
+        // the gate then covers every batch that got past it.
+        let permit = loop {
+            let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+            if gate.is_open() {
+                break permit;
+            }
+            drop(permit);
+            gate.passed().await;
+        };
         // Take everything that is waiting, within the limits.
         let encoded = |p: &Proposal| p.commands.iter().map(Message::encoded_len).sum::<usize>();
         let mut bytes = encoded(&first);

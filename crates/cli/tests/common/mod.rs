@@ -168,30 +168,40 @@ pub async fn applied_revision(client: &mut Client) -> Result<i64, String> {
 /// Waits, at most `limit`, until every member in `indexes` has applied the revision
 /// that a linearizable read on `indexes[0]` names, and returns that revision. Call it
 /// once writes have stopped.
+///
+/// A write a client gave up on may still be in the log and commit after the read
+/// (the outcome of an abandoned request is unknown, in etcd too), so each attempt
+/// reads the latest revision afresh instead of waiting for one named up front.
 pub async fn wait_same_revision(cluster: &Cluster, indexes: &[usize], limit: Duration) -> i64 {
-    let first = cluster.client(indexes[0]).await;
-    let target = poll_until(limit, "a linearizable read names the latest revision", || {
-        let mut first = first.clone();
-        async move {
-            let response = first.get("fivefold-test/probe", None).await.map_err(|e| e.to_string())?;
-            Ok(header_revision(&response))
-        }
-    })
-    .await;
+    let mut clients = Vec::new();
     for &index in indexes {
-        let client = cluster.client(index).await;
-        poll_until(limit, &format!("member {index} applies revision {target}"), || {
-            let mut client = client.clone();
-            async move {
-                match applied_revision(&mut client).await? {
-                    revision if revision == target => Ok(()),
-                    revision => Err(format!("at revision {revision}")),
+        clients.push((index, cluster.client(index).await));
+    }
+    poll_until(limit, "every member applies the latest revision", || {
+        let mut clients = clients.clone();
+        async move {
+            let response = clients[0]
+                .1
+                .get("fivefold-test/probe", None)
+                .await
+                .map_err(|e| format!("linearizable read: {e}"))?;
+            let target = header_revision(&response);
+            let mut behind = Vec::new();
+            for (index, client) in &mut clients {
+                match applied_revision(client).await {
+                    Ok(revision) if revision == target => {}
+                    Ok(revision) => behind.push(format!("member {index} at {revision}")),
+                    Err(error) => behind.push(format!("member {index}: {error}")),
                 }
             }
-        })
-        .await;
-    }
-    target
+            if behind.is_empty() {
+                Ok(target)
+            } else {
+                Err(format!("latest revision {target}; {}", behind.join(", ")))
+            }
+        }
+    })
+    .await
 }
 
 /// Every key and value under `prefix` in member `client`'s local (serializable)
