@@ -56,6 +56,7 @@ impl StoreNode {
 
     /// Makes `target` the leader. Must run on the leader.
     pub async fn move_leader(&self, target: NodeId) -> Result<(), Status> {
+        let _one_at_a_time = self.transfer_lock.lock().await;
         if !self.is_leader() {
             return Err(Status::failed_precondition(NOT_LEADER_ETCD));
         }

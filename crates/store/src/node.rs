@@ -66,6 +66,9 @@ pub struct StoreNode {
     pub(crate) forward_queue: std::sync::Mutex<Option<crate::forwarder::ForwardQueue>>,
     /// Closed while this leader hands leadership over (see `transfer_gate`).
     pub(crate) transfer_gate: TransferGate,
+    /// One leader transfer at a time: a second would open the gate while
+    /// the first still needs it closed.
+    pub(crate) transfer_lock: tokio::sync::Mutex<()>,
     /// Until when a leader transfer holds this member's campaigns.
     pub(crate) elections_held_until: std::sync::Mutex<Option<Instant>>,
     /// One membership change at a time (see `membership`).
@@ -116,6 +119,7 @@ impl StoreNode {
             config,
             peers,
             membership_lock: tokio::sync::Mutex::new(()),
+            transfer_lock: tokio::sync::Mutex::new(()),
             elections_held_until: std::sync::Mutex::new(None),
         }
     }
