@@ -24,6 +24,11 @@ use crate::types::{Member, NodeId};
 pub const FORWARDS_QUEUED_MAX: usize = 16_384;
 /// Forward RPCs in flight at once, at most.
 pub const FORWARDS_IN_FLIGHT_MAX: usize = 8;
+/// Heartbeat intervals a replaced leader gets to answer forwarded writes
+/// with "not the leader" (it held them during a transfer) before they are
+/// reported as "leader changed": room for a busy machine, short next to an
+/// election.
+const REPLACED_LEADER_GRACE_HEARTBEATS: u32 = 3;
 
 type Reply = oneshot::Sender<Result<CommandResponse, Status>>;
 
@@ -128,7 +133,7 @@ impl StoreNode {
                 // held with "not the leader" as soon as its successor leads
                 // (see `transfer_gate`): safe to send again. One that died
                 // never answers.
-                match tokio::time::timeout(self.config.heartbeat_interval, &mut call).await {
+                match tokio::time::timeout(self.config.heartbeat_interval * REPLACED_LEADER_GRACE_HEARTBEATS, &mut call).await {
                     Ok(answer) => answer,
                     Err(_) => {
                         tracing::debug!(leader = %leader, "the leader was replaced while forwarded writes were in flight");
@@ -143,7 +148,9 @@ impl StoreNode {
                 .into_inner()
                 .response
                 .ok_or_else(|| Status::internal("etcdserver: leader sent an empty response"))?,
-            Err(status) if status.message() == NOT_LEADER => return Err(status),
+            Err(status) if status.message() == NOT_LEADER || status.message() == LEADER_CHANGED => {
+                return Err(status)
+            }
             // The leader could not be reached at all: nothing was sent, so the
             // writes can go to whoever leads next.
             Err(status) if never_sent(&status) => {

@@ -80,7 +80,13 @@ impl StoreNode {
         }
         self.wait_replicated(target, deadline).await?;
 
-        let hold = deadline.saturating_duration_since(Instant::now());
+        // The followers' lease must lapse and an election fit before the
+        // deadline; the others' holds end half a lease before this leader's
+        // gate opens, so the target cannot win after writes resumed here.
+        let hold = deadline.saturating_duration_since(Instant::now()).saturating_sub(lease / 2);
+        if hold < lease + lease / 2 {
+            return Err(Status::unavailable(TRANSFER_TIMEOUT));
+        }
         let transfer =
             LeaderTransfer { hold_ms: hold.as_millis() as u64, lease_ms: lease.as_millis() as u64 };
         self.hold_elections(hold);
@@ -95,8 +101,17 @@ impl StoreNode {
             } else {
                 client.hold_elections(request).await
             };
-            if let Err(status) = result {
-                tracing::warn!(member = format_args!("{voter:x}"), %status, "leader transfer: a member did not answer");
+            match result {
+                // Without the target's campaign the transfer cannot succeed:
+                // give up now rather than hold writes until the deadline.
+                Err(status) if *voter == target => {
+                    tracing::warn!(member = format_args!("{voter:x}"), %status, "leader transfer: the target did not answer");
+                    return Err(Status::unavailable(TRANSFER_TIMEOUT));
+                }
+                Err(status) => {
+                    tracing::warn!(member = format_args!("{voter:x}"), %status, "leader transfer: a member did not answer");
+                }
+                Ok(_) => {}
             }
         }
         if self.wait_leader(target, deadline).await {
@@ -118,6 +133,9 @@ impl StoreNode {
                 if last.is_some() && matched == last {
                     return Ok(());
                 }
+                if m.current_leader != Some(self.member_id) {
+                    return Err(Status::failed_precondition(NOT_LEADER_ETCD));
+                }
             }
             if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
                 return Err(Status::unavailable(TRANSFER_TIMEOUT));
@@ -128,8 +146,11 @@ impl StoreNode {
     async fn wait_leader(&self, target: NodeId, deadline: Instant) -> bool {
         let mut metrics = self.raft.metrics();
         loop {
-            if metrics.borrow_and_update().current_leader == Some(target) {
-                return true;
+            match metrics.borrow_and_update().current_leader {
+                Some(leader) if leader == target => return true,
+                // Someone else won: the transfer failed, stop holding writes.
+                Some(leader) if leader != self.member_id => return false,
+                _ => {}
             }
             match tokio::time::timeout_at(deadline, metrics.changed()).await {
                 Ok(Ok(())) => continue,
@@ -200,14 +221,22 @@ impl StoreNode {
         let raft = self.raft.clone();
         let me = self.member_id;
         let lease = Duration::from_millis(transfer.lease_ms);
-        let deadline = Instant::now() + Duration::from_millis(transfer.hold_ms);
+        let hold = Duration::from_millis(transfer.hold_ms);
+        let deadline = Instant::now() + hold;
+        // Only this loop campaigns meanwhile: the member's own election loop
+        // firing too would start a second election and raise the term twice.
+        self.hold_elections(hold);
         tokio::spawn(async move {
             tokio::time::sleep(lease).await;
             while Instant::now() < deadline {
-                if raft.metrics().borrow().current_leader == Some(me) {
+                let metrics = raft.metrics().borrow().clone();
+                if metrics.current_leader == Some(me) {
                     return;
                 }
-                let _ = raft.trigger().elect().await;
+                // An election of ours still in progress is left to finish.
+                if metrics.state != openraft::ServerState::Candidate {
+                    let _ = raft.trigger().elect().await;
+                }
                 tokio::time::sleep(lease / 4).await;
             }
         });

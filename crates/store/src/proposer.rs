@@ -17,7 +17,7 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::Status;
 
-use crate::node::NOT_LEADER;
+use crate::node::{LEADER_CHANGED, NOT_LEADER};
 use crate::transfer_gate::TransferGate;
 use crate::types::{Raft, Request};
 
@@ -121,26 +121,43 @@ async fn run(
             drop(permit);
             gate.passed().await;
         };
-        // Take everything that is waiting, within the limits.
+        // Take everything that is waiting, within the limits. A proposal
+        // whose caller gave up (its outcome is already "unknown") is dropped
+        // rather than applied late.
         let encoded = |p: &Proposal| p.commands.iter().map(Message::encoded_len).sum::<usize>();
-        let mut bytes = encoded(&first);
-        let mut count = first.commands.len();
-        let mut batch = vec![first];
-        while count < BATCH_COMMANDS_MAX && bytes < BATCH_BYTES_MAX {
-            match proposals.try_recv() {
-                Ok(next) => {
-                    bytes += encoded(&next);
-                    count += next.commands.len();
-                    batch.push(next);
-                }
-                Err(_) => break,
+        let (mut bytes, mut count) = (0, 0);
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(proposal) = next.take() {
+            if !proposal.reply.is_closed() {
+                bytes += encoded(&proposal);
+                count += proposal.commands.len();
+                batch.push(proposal);
             }
+            if count >= BATCH_COMMANDS_MAX || bytes >= BATCH_BYTES_MAX {
+                break;
+            }
+            next = proposals.try_recv().ok();
+        }
+        if batch.is_empty() {
+            continue;
         }
         let mut commands = Vec::with_capacity(count);
         let mut replies = Vec::with_capacity(batch.len());
         for proposal in batch {
             replies.push((proposal.commands.len(), proposal.reply));
             commands.extend(proposal.commands);
+        }
+        // "Not the leader" promises the caller that nothing was proposed, so
+        // it may send the writes elsewhere: only said before submitting.
+        let leading = {
+            let metrics = raft.metrics();
+            let metrics = metrics.borrow();
+            metrics.current_leader == Some(metrics.id)
+        };
+        if !leading {
+            distribute(Err(Status::unavailable(NOT_LEADER)), replies);
+            continue;
         }
         let receiver = match raft.client_write_ff(Request(batch_of(commands))).await {
             Ok(receiver) => receiver,
@@ -157,7 +174,11 @@ async fn run(
             let outcome = match receiver.await {
                 Err(_) => Err(stopped()),
                 Ok(Ok(written)) => Ok(written.data.0),
-                Ok(Err(ClientWriteError::ForwardToLeader(_))) => Err(Status::unavailable(NOT_LEADER)),
+                // Submitted while leading, then leadership moved: the entry may
+                // have been appended and may still commit under the next
+                // leader, so the outcome is unknown (sending it again could
+                // apply it twice).
+                Ok(Err(ClientWriteError::ForwardToLeader(_))) => Err(Status::unavailable(LEADER_CHANGED)),
                 Ok(Err(ClientWriteError::ChangeMembershipError(e))) => {
                     Err(Status::failed_precondition(format!("etcdserver: {e}")))
                 }
