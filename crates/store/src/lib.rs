@@ -46,6 +46,7 @@ pub mod log_migrate;
 pub mod log_store;
 pub mod maintenance_service;
 pub mod membership;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod peer_service;

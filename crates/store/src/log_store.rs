@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use wal::{meta, Wal, WalOptions, WalReader};
 
+use crate::metrics::StoreMetrics;
 use crate::types::{payload_bytes, Entry, LogId, StorageError, TypeConfig, Vote};
 
 const VOTE_FILE: &str = "vote";
@@ -196,6 +197,7 @@ impl Recent {
 struct Writer {
     dir: PathBuf,
     wal: Wal,
+    metrics: Arc<StoreMetrics>,
     recent: Arc<Mutex<Recent>>,
     purged: Arc<Mutex<Option<LogId>>>,
     committed: Arc<Mutex<Option<LogId>>>,
@@ -279,7 +281,10 @@ impl Writer {
         }
         let records = indexes.iter().copied().zip(self.buf.iter().map(Vec::as_slice));
         self.wal.append(records).map_err(write_err)?;
-        self.wal.sync().map_err(write_err)
+        let started = Instant::now();
+        let synced = self.wal.sync().map_err(write_err);
+        self.metrics.wal_fsync.observe(started.elapsed());
+        synced
     }
 
     fn change(&mut self, change: Change, done: Done) -> Result<(), StorageError> {
@@ -330,6 +335,11 @@ impl Writer {
 impl LogStore {
     /// Opens the log in `dir` (created if missing), checking every record.
     pub fn open(dir: &Path) -> Result<LogStore, StorageError> {
+        LogStore::open_with_metrics(dir, Arc::default())
+    }
+
+    /// Same as [`LogStore::open`], timing each `fdatasync` into `metrics`.
+    pub fn open_with_metrics(dir: &Path, metrics: Arc<StoreMetrics>) -> Result<LogStore, StorageError> {
         let (mut wal, recovered) = Wal::open(dir, WalOptions::default()).map_err(read_err)?;
         let purged: Option<LogId> = read_meta(dir, PURGED_FILE)?;
         if let Some(purged) = purged {
@@ -354,6 +364,7 @@ impl LogStore {
         let thread = Writer {
             dir: dir.to_path_buf(),
             wal,
+            metrics,
             recent: store.recent.clone(),
             purged: store.purged.clone(),
             committed: store.committed.clone(),

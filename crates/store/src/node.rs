@@ -24,6 +24,7 @@ use tonic::{Code, Status};
 use crate::config::StoreConfig;
 use crate::identity::Identity;
 use crate::lessor::Lessor;
+use crate::metrics::StoreMetrics;
 use crate::network::{PeerChannel, PeerChannels};
 use crate::proposer::{stopped, Proposer};
 use crate::transfer_gate::TransferGate;
@@ -66,6 +67,8 @@ pub struct StoreNode {
     pub(crate) forward_queue: std::sync::Mutex<Option<crate::forwarder::ForwardQueue>>,
     /// Closed while this leader hands leadership over (see `transfer_gate`).
     pub(crate) transfer_gate: TransferGate,
+    /// What `GET /metrics` reports (see `metrics`).
+    pub metrics: Arc<StoreMetrics>,
     /// One leader transfer at a time: a second would open the gate while
     /// the first still needs it closed.
     pub(crate) transfer_lock: tokio::sync::Mutex<()>,
@@ -91,6 +94,9 @@ pub fn kv_status(e: mvcc::KvError) -> Status {
 }
 
 impl StoreNode {
+    /// Assembles a member from the parts `server::run` built, in the order it
+    /// builds them (the log store and state machine share `metrics`).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         raft: Raft,
         mvcc: Arc<MvccStore>,
@@ -99,6 +105,7 @@ impl StoreNode {
         config: StoreConfig,
         identity: Identity,
         peers: PeerChannels,
+        metrics: Arc<StoreMetrics>,
     ) -> StoreNode {
         let (read_rounds, read_round_queue) = tokio::sync::mpsc::channel(READS_QUEUED_MAX);
         let (forwards, forward_queue) = crate::forwarder::queue();
@@ -108,7 +115,8 @@ impl StoreNode {
             forward_queue: std::sync::Mutex::new(Some(forward_queue)),
             read_rounds,
             read_round_queue: std::sync::Mutex::new(Some(read_round_queue)),
-            proposer: Proposer::start(raft.clone(), transfer_gate.clone()),
+            proposer: Proposer::start(raft.clone(), transfer_gate.clone(), metrics.clone()),
+            metrics,
             transfer_gate,
             member_id: identity.member_id,
             cluster_id: identity.cluster_id,

@@ -9,6 +9,7 @@
 //! A proposal may carry several commands (a follower's forwarded batch): they
 //! go into one entry together and share its fate.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use etcd_proto::fivefoldpb::{command, command_response, Command, CommandBatch, CommandResponse};
@@ -17,6 +18,7 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::Status;
 
+use crate::metrics::StoreMetrics;
 use crate::node::{LEADER_CHANGED, NOT_LEADER};
 use crate::transfer_gate::TransferGate;
 use crate::types::{Raft, Request};
@@ -65,11 +67,16 @@ pub(crate) fn stopped() -> Status {
 impl Proposer {
     /// Starts the batching task; it ends when every `Proposer` is dropped.
     /// No batch goes to Raft while `gate` is closed.
-    pub fn start(raft: Raft, gate: TransferGate) -> Proposer {
+    pub fn start(raft: Raft, gate: TransferGate, metrics: Arc<StoreMetrics>) -> Proposer {
         let (queue, proposals) = mpsc::channel(PROPOSALS_QUEUED_MAX);
         let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
-        tokio::spawn(run(raft, proposals, in_flight.clone(), gate));
+        tokio::spawn(run(raft, proposals, in_flight.clone(), gate, metrics));
         Proposer { queue, in_flight }
+    }
+
+    /// Proposals waiting for a batch.
+    pub fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
     }
 
     /// Returns once no batch is in flight. With the gate closed first, none
@@ -109,6 +116,7 @@ async fn run(
     mut proposals: mpsc::Receiver<Proposal>,
     in_flight: Arc<Semaphore>,
     gate: TransferGate,
+    metrics: Arc<StoreMetrics>,
 ) {
     while let Some(first) = proposals.recv().await {
         // The gate is checked while holding a permit: `drained` after closing
@@ -163,12 +171,14 @@ async fn run(
             Ok(receiver) => receiver,
             Err(e) => {
                 let status = Status::unavailable(format!("etcdserver: server stopped: {e}"));
+                metrics.proposals_failed.fetch_add(1, Ordering::Relaxed);
                 for (_, reply) in replies {
                     let _ = reply.send(Err(status.clone()));
                 }
                 continue;
             }
         };
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let outcome = match receiver.await {
@@ -183,6 +193,9 @@ async fn run(
                     Err(Status::failed_precondition(format!("etcdserver: {e}")))
                 }
             };
+            if outcome.is_err() {
+                metrics.proposals_failed.fetch_add(1, Ordering::Relaxed);
+            }
             distribute(outcome, replies);
         });
     }

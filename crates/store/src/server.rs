@@ -27,6 +27,7 @@ use crate::lease_service::LeaseService;
 use crate::lessor::Lessor;
 use crate::log_store::LogStore;
 use crate::maintenance_service::MaintenanceService;
+use crate::metrics::{HttpEndpointsLayer, StoreMetrics};
 use crate::network::{Network, PEER_MESSAGE_BYTES_MAX};
 use crate::node::StoreNode;
 use crate::peer_service::PeerService;
@@ -179,7 +180,9 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
         crate::identity::establish(&config).await.map_err(|e| ServerError::Identity(e.to_string()))?;
     let log_dir = data_dir.join(RAFT_LOG_DIR);
     crate::log_migrate::migrate(&data_dir, &log_dir).map_err(|e| ServerError::Storage(e.to_string()))?;
-    let log = LogStore::open(&log_dir).map_err(|e| ServerError::Storage(e.to_string()))?;
+    let metrics = Arc::new(StoreMetrics::default());
+    let log = LogStore::open_with_metrics(&log_dir, metrics.clone())
+        .map_err(|e| ServerError::Storage(e.to_string()))?;
     let mvcc = Arc::new(
         MvccStore::open_with_cache(&data_dir.join("mvcc.redb"), config.backend_cache_bytes)
             .map_err(|e| ServerError::Storage(e.to_string()))?,
@@ -188,16 +191,29 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
     let watch_hub = Arc::new(WatchHub::new(revision));
     watch_hub.publish(Vec::new(), revision, compacted);
     let lessor = Arc::new(Lessor::new(identity.member_id));
-    let state_machine =
-        StateMachine::new(mvcc.clone(), watch_hub.clone(), lessor.clone(), &data_dir.join("snap"))
-            .map_err(|source| ServerError::DataDir { path: data_dir.display().to_string(), source })?;
+    let state_machine = StateMachine::new(
+        mvcc.clone(),
+        watch_hub.clone(),
+        lessor.clone(),
+        &data_dir.join("snap"),
+        metrics.clone(),
+    )
+    .map_err(|source| ServerError::DataDir { path: data_dir.display().to_string(), source })?;
     let network = Network::default();
     let channels = network.channels.clone();
     let raft = Raft::new(identity.member_id, Arc::new(raft_config(&config)?), network, log, state_machine)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
-    let node =
-        Arc::new(StoreNode::new(raft, mvcc.clone(), watch_hub, lessor, config.clone(), identity, channels));
+    let node = Arc::new(StoreNode::new(
+        raft,
+        mvcc.clone(),
+        watch_hub,
+        lessor,
+        config.clone(),
+        identity,
+        channels,
+        metrics,
+    ));
     tracing::info!(
         name = %config.name, member_id = format_args!("{:x}", node.member_id),
         cluster_id = format_args!("{:x}", node.cluster_id), city = %config.city, dc = %config.dc,
@@ -239,10 +255,15 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
         let lease =
             LeaseServer::new(LeaseService { node: node.clone() }).max_decoding_message_size(decode_max);
         let signal = stopped(stop_rx.clone());
+        let http = HttpEndpointsLayer { node: node.clone() };
         servers.spawn(async move {
             tracing::info!(%url, "serving clients");
+            // HTTP/1.1 too: etcd's `GET /metrics`, `/health` and `/version`
+            // share the client port with gRPC.
             tonic::transport::Server::builder()
+                .accept_http1(true)
                 .layer(tower::util::MapResponseLayer::new(crate::grpc_status::align_codes))
+                .layer(http)
                 .add_service(kv)
                 .add_service(maintenance)
                 .add_service(cluster)
@@ -264,6 +285,7 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
     let lease_clock = tokio::spawn(node.clone().run_lease_expiry());
     let promoter = tokio::spawn(node.clone().run_promoter());
     let placement = tokio::spawn(node.clone().run_leader_placement());
+    let leader_watch = tokio::spawn(node.clone().run_leader_watch());
     let compactor = config.auto_compaction.map(|mode| tokio::spawn(node.clone().run_auto_compaction(mode)));
 
     let outcome = tokio::select! {
@@ -282,6 +304,7 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
     lease_clock.abort();
     promoter.abort();
     placement.abort();
+    leader_watch.abort();
     if let Some(compactor) = compactor {
         compactor.abort();
     }

@@ -30,6 +30,7 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
 use serde::de::DeserializeOwned;
 
 use crate::lessor::Lessor;
+use crate::metrics::StoreMetrics;
 use crate::snapshot_data::SnapshotFile;
 use crate::types::{
     payload_bytes, Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership,
@@ -103,6 +104,7 @@ pub struct StateMachine {
     last_durable: Instant,
     /// Payload bytes applied since the last durable commit.
     bytes_since_durable: usize,
+    metrics: Arc<StoreMetrics>,
 }
 
 impl StateMachine {
@@ -111,6 +113,7 @@ impl StateMachine {
         watch_hub: Arc<WatchHub>,
         lessor: Arc<Lessor>,
         snapshot_dir: &Path,
+        metrics: Arc<StoreMetrics>,
     ) -> Result<StateMachine, std::io::Error> {
         std::fs::create_dir_all(snapshot_dir)?;
         let leases = mvcc.leases().map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -122,6 +125,7 @@ impl StateMachine {
             snapshot_dir: snapshot_dir.to_path_buf(),
             last_durable: Instant::now(),
             bytes_since_durable: 0,
+            metrics,
         })
     }
 
@@ -233,6 +237,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // commit (an fsync), moves off the runtime's worker.
         let inline = !durable && commands <= APPLY_INLINE_COMMANDS_MAX;
         let responses = on_worker_or_blocking(inline, || {
+            let apply_started = Instant::now();
             let mut batch = self.mvcc.begin_apply().map_err(|e| sm_error(ErrorVerb::Write, e))?;
             let mut responses = Vec::new();
             let mut last: Option<LogId> = None;
@@ -279,6 +284,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             let started = Instant::now();
             let committed = batch.commit(durable).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            if durable {
+                self.metrics.backend_commit.observe(started.elapsed());
+            }
             if durable && started.elapsed() >= SLOW_DURABLE_COMMIT {
                 // Applies wait for it: clients see it as write latency.
                 tracing::warn!(took = ?started.elapsed(), "making the applied state durable was slow");
@@ -286,6 +294,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // Watchers see a change only once it is committed to the engine.
             self.lessor.apply(&committed.lease_changes);
             self.watch_hub.publish(committed.events, committed.revision, committed.compacted);
+            self.metrics.apply.observe(apply_started.elapsed());
             Ok::<_, StorageError>(responses)
         })?;
         if durable {

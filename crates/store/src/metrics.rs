@@ -1,0 +1,331 @@
+//! The member's Prometheus metrics, and the plain HTTP endpoints etcd serves
+//! on its client port beside gRPC: `GET /metrics`, `GET /health` and
+//! `GET /version`.
+//!
+//! Metric names are etcd's where the meaning is the same (dashboards and
+//! alerts written for etcd keep working); what etcd has no name for is
+//! `fivefold_*`. Counters and histograms are atomics updated where the work
+//! happens (the log writer, the state machine, the proposer); gauges are read
+//! from the member's state when scraped.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use tonic::body::Body;
+
+use crate::node::StoreNode;
+
+/// Upper bounds of the disk latency buckets in seconds: 1 ms doubling to
+/// about 8 s, etcd's buckets for the same histograms.
+pub const DISK_BUCKETS: [f64; 14] =
+    [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096, 8.192];
+
+/// A latency histogram over [`DISK_BUCKETS`].
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Not cumulative: an observation counts in the first bucket it fits
+    /// (one atomic add); rendering sums them.
+    buckets: [AtomicU64; DISK_BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        if let Some(bucket) = DISK_BUCKETS.iter().position(|bound| seconds <= *bound) {
+            self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(took.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in DISK_BUCKETS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+/// What the member counts as it works.
+#[derive(Debug, Default)]
+pub struct StoreMetrics {
+    /// Each `fdatasync` of the Raft log.
+    pub wal_fsync: Histogram,
+    /// Each durable commit of the state machine (writes and syncs the
+    /// engine's pages; applies wait for it).
+    pub backend_commit: Histogram,
+    /// Each batch of committed entries applied, its commit included.
+    pub apply: Histogram,
+    /// Leaders this member has seen take over.
+    pub leader_changes: AtomicU64,
+    /// Proposal batches that failed or whose outcome is unknown.
+    pub proposals_failed: AtomicU64,
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+}
+
+impl StoreNode {
+    /// The Prometheus text exposition of this member's metrics.
+    pub async fn render_metrics(&self) -> String {
+        let raft = self.raft.metrics().borrow().clone();
+        let committed = self.raft.with_raft_state(|state| state.committed.map_or(0, |id| id.index)).await;
+        let (revision, compacted) = self.mvcc.revisions().unwrap_or((0, 0));
+        let m = &self.metrics;
+        let mut out = String::with_capacity(4096);
+        gauge(
+            &mut out,
+            "etcd_server_has_leader",
+            "Whether a leader exists (1) or not (0).",
+            u8::from(raft.current_leader.is_some()),
+        );
+        gauge(
+            &mut out,
+            "etcd_server_is_leader",
+            "Whether this member is the leader (1) or not (0).",
+            u8::from(self.is_leader()),
+        );
+        counter(
+            &mut out,
+            "etcd_server_leader_changes_seen_total",
+            "Leader changes this member has seen.",
+            m.leader_changes.load(Ordering::Relaxed),
+        );
+        gauge(&mut out, "fivefold_raft_term", "The Raft term this member is in.", raft.current_term);
+        gauge(
+            &mut out,
+            "etcd_server_proposals_committed_total",
+            "The index of the last committed log entry this member knows.",
+            committed.unwrap_or(0),
+        );
+        gauge(
+            &mut out,
+            "etcd_server_proposals_applied_total",
+            "The index of the last log entry this member applied.",
+            raft.last_applied.map_or(0, |id| id.index),
+        );
+        gauge(
+            &mut out,
+            "etcd_server_proposals_pending",
+            "Writes waiting for this leader's next proposal batch.",
+            self.proposer.queued(),
+        );
+        counter(
+            &mut out,
+            "etcd_server_proposals_failed_total",
+            "Proposal batches that failed or whose outcome is unknown.",
+            m.proposals_failed.load(Ordering::Relaxed),
+        );
+        gauge(&mut out, "etcd_debugging_mvcc_current_revision", "The store's current revision.", revision);
+        gauge(
+            &mut out,
+            "etcd_debugging_mvcc_compact_revision",
+            "The revision of the last compaction.",
+            compacted,
+        );
+        gauge(
+            &mut out,
+            "etcd_mvcc_db_total_size_in_bytes",
+            "Size of the backend database file, in bytes.",
+            self.mvcc.db_size(),
+        );
+        m.wal_fsync.render(&mut out, "etcd_disk_wal_fsync_duration_seconds", "Raft log fdatasync latency.");
+        m.backend_commit.render(
+            &mut out,
+            "etcd_disk_backend_commit_duration_seconds",
+            "Latency of the state machine's durable commits.",
+        );
+        m.apply.render(
+            &mut out,
+            "fivefold_apply_duration_seconds",
+            "Latency of applying one batch of committed entries, its engine commit included.",
+        );
+        out
+    }
+
+    /// Counts leader changes as this member sees them; runs until it stops.
+    pub async fn run_leader_watch(self: Arc<Self>) {
+        let mut metrics = self.raft.metrics();
+        let mut leader = metrics.borrow_and_update().current_leader;
+        while metrics.changed().await.is_ok() {
+            let now = metrics.borrow_and_update().current_leader;
+            if now.is_some() && now != leader {
+                self.metrics.leader_changes.fetch_add(1, Ordering::Relaxed);
+            }
+            leader = now;
+        }
+    }
+
+    /// etcd's `/health`: healthy when there is a leader, no alarm is raised,
+    /// and a linearizable read goes through.
+    async fn health(&self) -> (StatusCode, String) {
+        let reason = if self.raft.metrics().borrow().current_leader.is_none() {
+            Some("RAFT NO LEADER".to_string())
+        } else if let Some(alarm) = self.mvcc.alarms().ok().and_then(|alarms| alarms.into_iter().next()) {
+            Some(format!("ALARM {}", alarm_name(alarm.alarm)))
+        } else if let Err(status) = self.read_barrier().await {
+            Some(format!("READ FAILED: {}", status.message()))
+        } else {
+            None
+        };
+        match reason {
+            None => (StatusCode::OK, "{\"health\":\"true\",\"reason\":\"\"}".to_string()),
+            Some(reason) => {
+                let reason = reason.replace('\\', "\\\\").replace('"', "\\\"");
+                (StatusCode::SERVICE_UNAVAILABLE, format!("{{\"health\":\"false\",\"reason\":\"{reason}\"}}"))
+            }
+        }
+    }
+}
+
+fn alarm_name(alarm: i32) -> &'static str {
+    etcd_proto::etcdserverpb::AlarmType::try_from(alarm).map_or("UNKNOWN", |t| t.as_str_name())
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut response = Response::new(Body::new(Full::new(Bytes::from(body))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    response
+}
+
+/// The endpoint a request names: one of the HTTP ones, `NOT_FOUND` for any
+/// other HTTP/1 request (gRPC needs HTTP/2), `None` for gRPC.
+fn endpoint_of<B>(request: &Request<B>) -> Option<&'static str> {
+    let http1 = request.version() < http::Version::HTTP_2;
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => Some("/metrics"),
+        (&Method::GET, "/health") => Some("/health"),
+        (&Method::GET, "/version") => Some("/version"),
+        _ if http1 => Some(NOT_FOUND),
+        _ => None,
+    }
+}
+
+/// What `endpoint_of` names an HTTP/1 request for no endpoint.
+const NOT_FOUND: &str = "not found";
+
+async fn serve_endpoint(node: Arc<StoreNode>, endpoint: &'static str) -> Response<Body> {
+    match endpoint {
+        "/metrics" => {
+            respond(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", node.render_metrics().await)
+        }
+        "/health" => {
+            let (status, body) = node.health().await;
+            respond(status, "application/json", body)
+        }
+        NOT_FOUND => {
+            respond(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "404 page not found\n".into())
+        }
+        _ => {
+            let version = crate::maintenance_service::ETCD_COMPATIBLE_VERSION;
+            let cluster = version.rsplit_once('.').map_or(version, |(major_minor, _)| major_minor);
+            let body = format!("{{\"etcdserver\":\"{version}\",\"etcdcluster\":\"{cluster}.0\"}}");
+            respond(StatusCode::OK, "application/json", body)
+        }
+    }
+}
+
+/// Puts the HTTP endpoints in front of the gRPC services on a client port.
+#[derive(Clone)]
+pub struct HttpEndpointsLayer {
+    pub node: Arc<StoreNode>,
+}
+
+impl<S> tower::Layer<S> for HttpEndpointsLayer {
+    type Service = HttpEndpoints<S>;
+
+    fn layer(&self, inner: S) -> HttpEndpoints<S> {
+        HttpEndpoints { inner, node: self.node.clone() }
+    }
+}
+
+/// Answers `GET /metrics`, `/health` and `/version`; passes everything else on.
+#[derive(Clone)]
+pub struct HttpEndpoints<S> {
+    inner: S,
+    node: Arc<StoreNode>,
+}
+
+type EndpointFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+
+impl<S> tower::Service<Request<Body>> for HttpEndpoints<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = futures::future::Either<
+        S::Future,
+        futures::future::Map<EndpointFuture, fn(Response<Body>) -> Result<Response<Body>, S::Error>>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        match endpoint_of(&request) {
+            None => futures::future::Either::Left(self.inner.call(request)),
+            Some(endpoint) => {
+                let answer: EndpointFuture = Box::pin(serve_endpoint(self.node.clone(), endpoint));
+                futures::future::Either::Right(futures::FutureExt::map(answer, Ok))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_with_sum_and_count() {
+        let histogram = Histogram::default();
+        histogram.observe(Duration::from_micros(500));
+        histogram.observe(Duration::from_millis(3));
+        histogram.observe(Duration::from_secs(20));
+        let mut out = String::new();
+        histogram.render(&mut out, "x_seconds", "help");
+        assert!(out.contains("# TYPE x_seconds histogram"), "{out}");
+        assert!(out.contains("x_seconds_bucket{le=\"0.001\"} 1\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{le=\"0.002\"} 1\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{le=\"0.004\"} 2\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{le=\"8.192\"} 2\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_seconds_count 3\n"), "{out}");
+        assert!(out.contains("x_seconds_sum 20.0035\n"), "{out}");
+    }
+
+    #[test]
+    fn gets_of_the_three_paths_are_endpoints_and_other_http1_is_not_found() {
+        let get = |path: &str| Request::get(path).body(()).unwrap();
+        assert_eq!(endpoint_of(&get("/metrics")), Some("/metrics"));
+        assert_eq!(endpoint_of(&get("/health")), Some("/health"));
+        assert_eq!(endpoint_of(&get("/version")), Some("/version"));
+        assert_eq!(endpoint_of(&get("/nope")), Some(NOT_FOUND));
+        assert_eq!(endpoint_of(&Request::post("/metrics").body(()).unwrap()), Some(NOT_FOUND));
+        let grpc = Request::post("/etcdserverpb.KV/Range").version(http::Version::HTTP_2).body(()).unwrap();
+        assert_eq!(endpoint_of(&grpc), None, "gRPC goes to the services");
+    }
+}
