@@ -144,7 +144,7 @@ impl StoreNode {
     }
 
     async fn wait_leader(&self, target: NodeId, deadline: Instant) -> bool {
-        let mut metrics = self.raft.metrics();
+        let mut metrics = self.raft.server_metrics();
         loop {
             match metrics.borrow_and_update().current_leader {
                 Some(leader) if leader == target => return true,

@@ -165,7 +165,8 @@ impl StoreNode {
 
     /// Counts leader changes as this member sees them; runs until it stops.
     pub async fn run_leader_watch(self: Arc<Self>) {
-        let mut metrics = self.raft.metrics();
+        // Server metrics: they change with the leader, not with every write.
+        let mut metrics = self.raft.server_metrics();
         let mut leader = metrics.borrow_and_update().current_leader;
         while metrics.changed().await.is_ok() {
             let now = metrics.borrow_and_update().current_leader;

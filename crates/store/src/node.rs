@@ -159,7 +159,10 @@ impl StoreNode {
     /// The current leader and its membership record, waiting until `deadline`
     /// for one to be known.
     async fn leader(&self, deadline: Instant) -> Result<(NodeId, Member), Status> {
-        let mut metrics = self.raft.metrics();
+        // The server metrics change only with the vote, state, leader or
+        // membership, not with every append and apply as the full ones do:
+        // no wake-up per write for a caller waiting on leadership.
+        let mut metrics = self.raft.server_metrics();
         loop {
             {
                 let m = metrics.borrow_and_update();
@@ -181,7 +184,7 @@ impl StoreNode {
     /// member stops first). Lets a call stuck on a dead leader give up as soon
     /// as a successor is elected instead of waiting out its deadline.
     pub(crate) async fn successor_of(&self, old: NodeId) {
-        let mut metrics = self.raft.metrics();
+        let mut metrics = self.raft.server_metrics();
         loop {
             if metrics.borrow_and_update().current_leader.is_some_and(|id| id != old) {
                 return;
@@ -194,8 +197,8 @@ impl StoreNode {
 
     /// Waits for the next change of leadership, or `deadline`.
     async fn leadership_change(&self, seen: Option<NodeId>, deadline: Instant) {
-        let mut metrics = self.raft.metrics();
-        let changed = |m: &openraft::RaftMetrics<NodeId, Member>| m.current_leader != seen;
+        let mut metrics = self.raft.server_metrics();
+        let changed = |m: &openraft::metrics::RaftServerMetrics<NodeId, Member>| m.current_leader != seen;
         let wait = async {
             while !changed(&metrics.borrow_and_update()) {
                 if metrics.changed().await.is_err() {
