@@ -712,21 +712,6 @@ async fn etcdctl_member_add_list_promote_remove() {
         };
         let mut client = cluster.client(leader).await;
         let cluster_id = client.status().await.unwrap().header().unwrap().cluster_id();
-        // Members publish their names through the log after they start; the
-        // environment `member add` prints names every member, so wait for them.
-        poll_until(STEP_LIMIT, "every member's name is published", || {
-            let mut client = client.clone();
-            async move {
-                let members = member_list(&mut client).await.map_err(|e| e.to_string())?;
-                let unnamed = members.values().filter(|m| m.name().is_empty()).count();
-                if unnamed == 0 {
-                    Ok(())
-                } else {
-                    Err(format!("{unnamed} members without a name"))
-                }
-            }
-        })
-        .await;
 
         // `member add NAME --peer-urls=URL` prints the new member and the environment
         // for starting it.

@@ -182,7 +182,47 @@ impl Cluster {
         }
         let all: Vec<usize> = (0..count).collect();
         cluster.wait_ready(&all).await?;
+        cluster.wait_names_published().await?;
         Ok(cluster)
+    }
+
+    /// Waits, at most the ready timeout, until every member's MemberList names
+    /// every member. A member publishes its name through the log just after it
+    /// starts (as in etcd), so a test reading MemberList at once could see a
+    /// member without one.
+    async fn wait_names_published(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + self.ready_timeout;
+        let options = ConnectOptions::new().with_connect_timeout(STATUS_TIMEOUT).with_timeout(STATUS_TIMEOUT);
+        let mut waiting: Vec<usize> = (0..self.members.len()).collect();
+        while !waiting.is_empty() {
+            let mut still = Vec::new();
+            for index in waiting {
+                let mut client = connect(&self.client_url(index), options.clone()).await;
+                let named = match client.member_list().await {
+                    Ok(list) => {
+                        list.members().len() >= self.members.len()
+                            && list.members().iter().all(|m| !m.name().is_empty())
+                    }
+                    Err(_) => false,
+                };
+                if !named {
+                    still.push(index);
+                }
+            }
+            waiting = still;
+            if waiting.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "members {waiting:?} did not list every member's name within {:?}\n{}",
+                    self.ready_timeout,
+                    self.log_tails(LOG_TAIL_LINES)
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        Ok(())
     }
 
     /// Number of members, running or not.
