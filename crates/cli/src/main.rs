@@ -84,8 +84,9 @@ fn main() -> std::process::ExitCode {
 /// mimalloc asks for huge pages on its arenas and returns memory it has not
 /// used for a while to the kernel; the next touch then faults in a whole
 /// 2 MiB page, which the kernel zeroes. Under `fivefold bench put --clients
-/// 100 --conns 10` that zeroing (`clear_page_erms`) was 11–14% of the
-/// members' CPU. Alternating runs on 3 members, huge pages on → off:
+/// 100 --conns 10` that zeroing (`clear_page_erms`) was 10.7% of the
+/// members' samples in a flat profile, 13.7% in a call-graph one.
+/// Alternating runs on 3 members, huge pages on → off:
 /// 1000x100 puts 15,645–17,892 → 18,846–20,748/s, p99 120–284 → 104–111 ms;
 /// 1x1 p99 1.44–1.92 → 1.07–1.25 ms (docs/BENCHMARKS.md). Failing to set it
 /// only costs that speed, so an error is ignored.

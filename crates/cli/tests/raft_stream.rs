@@ -17,7 +17,7 @@ const TEST_LIMIT: Duration = Duration::from_secs(60);
 async fn a_members_peer_port_serves_raft_streams_and_grpc() {
     bounded(TEST_LIMIT, async {
         let cluster = start(ClusterOptions::members(3)).await;
-        let peer: SocketAddr = cluster.peer_url(1).trim_start_matches("http://").parse().unwrap();
+        let peer: SocketAddr = store::config::parse_url("peer URL", &cluster.peer_url(1)).unwrap();
         let mut stream = RaftStream::connect(peer).await.expect("the member answers the magic bytes");
         // A payload that is not an AppendEntries gets the member's error,
         // on the same stream, which then serves the next request.

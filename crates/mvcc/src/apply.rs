@@ -32,10 +32,10 @@ pub struct ApplyBatch<'s> {
     /// Every change of the batch, in revision order, for watchers.
     events: Vec<Event>,
     lease_changes: Vec<LeaseChange>,
-    /// Whether a NOSPACE alarm is active, once read in this batch (an
-    /// Alarm command clears it): writes check it without opening the alarms
-    /// table each time.
-    no_space: Option<bool>,
+    /// Whether a NOSPACE alarm is active: read when the batch begins and
+    /// again after each Alarm command, so writes check it without opening
+    /// the alarms table each time.
+    no_space: bool,
 }
 
 /// What a committed batch changed.
@@ -62,6 +62,7 @@ impl<'s> ApplyBatch<'s> {
     pub(crate) fn begin(store: &'s MvccStore) -> Result<ApplyBatch<'s>, StorageError> {
         let txn = store.begin_write()?;
         let (revision, compacted) = crate::store::read_revisions(&txn.open_table(META)?)?;
+        let no_space = crate::maintenance::no_space(&txn.open_table(ALARMS)?)?;
         Ok(ApplyBatch {
             store,
             txn,
@@ -69,7 +70,7 @@ impl<'s> ApplyBatch<'s> {
             compacted,
             events: Vec::new(),
             lease_changes: Vec::new(),
-            no_space: None,
+            no_space,
         })
     }
 
@@ -117,9 +118,7 @@ impl<'s> ApplyBatch<'s> {
         );
         if self.revision == before + 1 {
             let changed = &self.events[events_before..];
-            if lease::changes_lease_keys(changed) {
-                lease::index_events(&mut self.txn.open_table(LEASE_KEYS)?, changed)?;
-            }
+            lease::index_events(&self.txn, changed)?;
             let keys: Vec<&[u8]> =
                 changed.iter().map(|e| e.kv.as_ref().map_or(&[][..], |kv| kv.key.as_slice())).collect();
             self.txn
@@ -164,16 +163,8 @@ impl<'s> ApplyBatch<'s> {
 
     /// Writes that add data are refused while a NOSPACE alarm is active;
     /// deletes and compaction, which free space, are not.
-    fn check_space(&mut self) -> Result<(), KvError> {
-        let no_space = match self.no_space {
-            Some(known) => known,
-            None => {
-                let now = crate::maintenance::no_space(&self.txn.open_table(ALARMS)?)?;
-                self.no_space = Some(now);
-                now
-            }
-        };
-        if no_space {
+    fn check_space(&self) -> Result<(), KvError> {
+        if self.no_space {
             return Err(MvccError::NoSpace.into());
         }
         Ok(())
@@ -224,8 +215,9 @@ impl<'s> ApplyBatch<'s> {
     }
 
     fn alarm(&mut self, req: &AlarmRequest) -> Result<command_response::Kind, KvError> {
-        let mut resp = crate::maintenance::apply_alarm(&mut self.txn.open_table(ALARMS)?, req)?;
-        self.no_space = None;
+        let mut alarms = self.txn.open_table(ALARMS)?;
+        let mut resp = crate::maintenance::apply_alarm(&mut alarms, req)?;
+        self.no_space = crate::maintenance::no_space(&alarms)?;
         resp.header = Some(self.header());
         Ok(command_response::Kind::Alarm(resp))
     }
@@ -249,11 +241,11 @@ impl<'s> ApplyBatch<'s> {
         let rev = self.pending();
         let mut kv = self.txn.open_table(KV)?;
         let mut deleted = 0;
-        for key in keys {
-            let del = DeleteRangeRequest { key, ..Default::default() };
+        for key in &keys {
+            let del = DeleteRangeRequest { key: key.clone(), ..Default::default() };
             deleted += delete_range(&mut kv, &del, rev, &mut self.events)?.deleted;
         }
-        let (mut resp, change) = lease::forget(&mut leases, &mut lease_keys, req)?;
+        let (mut resp, change) = lease::forget(&mut leases, &mut lease_keys, req, &keys)?;
         if deleted > 0 {
             self.revision += 1;
         }

@@ -9,7 +9,7 @@ use etcd_proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse,
 };
 use etcd_proto::mvccpb::{event, Event};
-use redb::{ReadableTable, Table, TableDefinition};
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use crate::error::{MvccError, StorageError};
 use crate::limits::LEASE_TTL_MAX_SECONDS;
@@ -92,14 +92,16 @@ pub(crate) fn keys_of(
     Ok(keys)
 }
 
-/// Removes a lease and its key index; the caller deletes the keys first.
+/// Removes a lease and its key index (`keys`, from [`keys_of`]); the caller
+/// deletes the keys first.
 pub(crate) fn forget(
     leases: &mut Table<'_, i64, &'static [u8]>,
     lease_keys: &mut Table<'_, &'static [u8], &'static [u8]>,
     req: &LeaseRevokeRequest,
+    keys: &[Vec<u8>],
 ) -> Result<(LeaseRevokeResponse, LeaseChange), KvError> {
-    for key in keys_of(lease_keys, req.id)? {
-        lease_keys.remove(lease_key(req.id, &key).as_slice())?;
+    for key in keys {
+        lease_keys.remove(lease_key(req.id, key).as_slice())?;
     }
     leases.remove(req.id)?;
     Ok((LeaseRevokeResponse { header: None }, LeaseChange::Revoked { id: req.id }))
@@ -114,19 +116,16 @@ fn lease_move(e: &Event) -> Option<(&[u8], i64, i64)> {
     (old != new).then_some((kv.key.as_slice(), old, new))
 }
 
-/// Whether any of `events` moves a key onto, off or between leases (what
-/// `index_events` would write).
-pub(crate) fn changes_lease_keys(events: &[Event]) -> bool {
-    events.iter().any(|e| lease_move(e).is_some())
-}
-
 /// Keeps the key index in step with one command's events: a key leaves the
 /// lease it had when deleted or moved, and joins the lease it is put with.
-pub(crate) fn index_events(
-    lease_keys: &mut Table<'_, &'static [u8], &'static [u8]>,
-    events: &[Event],
-) -> Result<(), StorageError> {
-    for (key, old, new) in events.iter().filter_map(lease_move) {
+/// The index is opened only when an event moves a key between leases.
+pub(crate) fn index_events(txn: &WriteTransaction, events: &[Event]) -> Result<(), StorageError> {
+    let mut moves = events.iter().filter_map(lease_move).peekable();
+    if moves.peek().is_none() {
+        return Ok(());
+    }
+    let mut lease_keys = txn.open_table(LEASE_KEYS)?;
+    for (key, old, new) in moves {
         if old != 0 {
             lease_keys.remove(lease_key(old, key).as_slice())?;
         }

@@ -229,12 +229,16 @@ impl StoreNode {
         tokio::spawn(async move {
             tokio::time::sleep(lease).await;
             while Instant::now() < deadline {
-                let metrics = raft.metrics().borrow().clone();
-                if metrics.current_leader == Some(me) {
+                let (leader, state) = {
+                    let metrics = raft.server_metrics();
+                    let metrics = metrics.borrow();
+                    (metrics.current_leader, metrics.state)
+                };
+                if leader == Some(me) {
                     return;
                 }
                 // An election of ours still in progress is left to finish.
-                if metrics.state != openraft::ServerState::Candidate {
+                if state != openraft::ServerState::Candidate {
                     let _ = raft.trigger().elect().await;
                 }
                 tokio::time::sleep(lease / 4).await;

@@ -103,7 +103,7 @@ impl StoreNode {
             &mut out,
             "etcd_server_is_leader",
             "Whether this member is the leader (1) or not (0).",
-            u8::from(self.is_leader()),
+            u8::from(raft.current_leader == Some(self.member_id)),
         );
         counter(
             &mut out,
@@ -210,39 +210,45 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
     response
 }
 
-/// The endpoint a request names: one of the HTTP ones, `NOT_FOUND` for any
-/// other HTTP/1 request (gRPC needs HTTP/2), `None` for gRPC.
-fn endpoint_of<B>(request: &Request<B>) -> Option<&'static str> {
+/// What a plain HTTP request on a client port asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    Metrics,
+    Health,
+    Version,
+    /// Any other HTTP/1 request (gRPC needs HTTP/2).
+    NotFound,
+}
+
+/// The endpoint a request names; `None` for gRPC.
+fn endpoint_of<B>(request: &Request<B>) -> Option<Endpoint> {
     let http1 = request.version() < http::Version::HTTP_2;
     match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => Some("/metrics"),
-        (&Method::GET, "/health") => Some("/health"),
-        (&Method::GET, "/version") => Some("/version"),
-        _ if http1 => Some(NOT_FOUND),
+        (&Method::GET, "/metrics") => Some(Endpoint::Metrics),
+        (&Method::GET, "/health") => Some(Endpoint::Health),
+        (&Method::GET, "/version") => Some(Endpoint::Version),
+        _ if http1 => Some(Endpoint::NotFound),
         _ => None,
     }
 }
 
-/// What `endpoint_of` names an HTTP/1 request for no endpoint.
-const NOT_FOUND: &str = "not found";
-
-async fn serve_endpoint(node: Arc<StoreNode>, endpoint: &'static str) -> Response<Body> {
+async fn serve_endpoint(node: Arc<StoreNode>, endpoint: Endpoint) -> Response<Body> {
     match endpoint {
-        "/metrics" => {
+        Endpoint::Metrics => {
             respond(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", node.render_metrics().await)
         }
-        "/health" => {
+        Endpoint::Health => {
             let (status, body) = node.health().await;
             respond(status, "application/json", body)
         }
-        NOT_FOUND => {
-            respond(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "404 page not found\n".into())
-        }
-        _ => {
+        Endpoint::Version => {
             let version = crate::maintenance_service::ETCD_COMPATIBLE_VERSION;
             let cluster = version.rsplit_once('.').map_or(version, |(major_minor, _)| major_minor);
             let body = format!("{{\"etcdserver\":\"{version}\",\"etcdcluster\":\"{cluster}.0\"}}");
             respond(StatusCode::OK, "application/json", body)
+        }
+        Endpoint::NotFound => {
+            respond(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "404 page not found\n".into())
         }
     }
 }
@@ -321,11 +327,11 @@ mod tests {
     #[test]
     fn gets_of_the_three_paths_are_endpoints_and_other_http1_is_not_found() {
         let get = |path: &str| Request::get(path).body(()).unwrap();
-        assert_eq!(endpoint_of(&get("/metrics")), Some("/metrics"));
-        assert_eq!(endpoint_of(&get("/health")), Some("/health"));
-        assert_eq!(endpoint_of(&get("/version")), Some("/version"));
-        assert_eq!(endpoint_of(&get("/nope")), Some(NOT_FOUND));
-        assert_eq!(endpoint_of(&Request::post("/metrics").body(()).unwrap()), Some(NOT_FOUND));
+        assert_eq!(endpoint_of(&get("/metrics")), Some(Endpoint::Metrics));
+        assert_eq!(endpoint_of(&get("/health")), Some(Endpoint::Health));
+        assert_eq!(endpoint_of(&get("/version")), Some(Endpoint::Version));
+        assert_eq!(endpoint_of(&get("/nope")), Some(Endpoint::NotFound));
+        assert_eq!(endpoint_of(&Request::post("/metrics").body(()).unwrap()), Some(Endpoint::NotFound));
         let grpc = Request::post("/etcdserverpb.KV/Range").version(http::Version::HTTP_2).body(()).unwrap();
         assert_eq!(endpoint_of(&grpc), None, "gRPC goes to the services");
     }

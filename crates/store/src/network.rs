@@ -299,7 +299,8 @@ impl PeerConnection {
             let reply = stream.call(METHOD_APPEND_ENTRIES, data).await?;
             Ok::<_, StreamError>((stream, reply))
         };
-        let failed = |e: &dyn std::fmt::Display, transport: bool, url: &str| {
+        let url = &self.url;
+        let failed = |e: &dyn std::fmt::Display, transport: bool| {
             let e = TransportError(format!("peer {url}: {e}"));
             if transport {
                 RPCError::Unreachable(Unreachable::new(&e))
@@ -317,8 +318,8 @@ impl PeerConnection {
                 self.stream_refused_at = Some(Instant::now());
                 return None;
             }
-            Ok(Err(e)) => return Some(Err(failed(&e, e.is_transport(), &self.url))),
-            Err(_) => return Some(Err(failed(&"timed out", true, &self.url))),
+            Ok(Err(e)) => return Some(Err(failed(&e, e.is_transport()))),
+            Err(_) => return Some(Err(failed(&"timed out", true))),
         };
         Some(self.decode_reply(&reply))
     }

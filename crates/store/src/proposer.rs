@@ -170,11 +170,8 @@ async fn run(
         let receiver = match raft.client_write_ff(Request(batch_of(commands))).await {
             Ok(receiver) => receiver,
             Err(e) => {
-                let status = Status::unavailable(format!("etcdserver: server stopped: {e}"));
                 metrics.proposals_failed.fetch_add(1, Ordering::Relaxed);
-                for (_, reply) in replies {
-                    let _ = reply.send(Err(status.clone()));
-                }
+                distribute(Err(Status::unavailable(format!("etcdserver: server stopped: {e}"))), replies);
                 continue;
             }
         };

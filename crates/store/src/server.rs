@@ -107,13 +107,17 @@ const PEER_ACCEPT_QUEUE: usize = 64;
 /// Pause after a failed accept (out of file descriptors, say) before the next.
 const ACCEPT_ERROR_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// A peer connection handed to gRPC: the bytes read to classify it put back,
+/// its writes coalesced.
+type PeerGrpcConnection = Coalesced<Replayed<tokio::net::TcpStream>>;
+
 /// The peer listener's connections: raft streams (`raft_stream`) are served
 /// here; the rest go to the gRPC server, as `incoming` would give them.
 fn peer_incoming(
     listener: TcpListener,
     node: Arc<StoreNode>,
     stop: watch::Receiver<bool>,
-) -> impl tokio_stream::Stream<Item = std::io::Result<Coalesced<Replayed<tokio::net::TcpStream>>>> {
+) -> impl tokio_stream::Stream<Item = std::io::Result<PeerGrpcConnection>> {
     let (grpc, connections) = tokio::sync::mpsc::channel(PEER_ACCEPT_QUEUE);
     let mut stopped = stop.clone();
     tokio::spawn(async move {
@@ -145,7 +149,7 @@ fn peer_incoming(
 async fn route(
     stream: tokio::net::TcpStream,
     node: Arc<StoreNode>,
-    grpc: tokio::sync::mpsc::Sender<std::io::Result<Coalesced<Replayed<tokio::net::TcpStream>>>>,
+    grpc: tokio::sync::mpsc::Sender<std::io::Result<PeerGrpcConnection>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let first_bytes = tokio::time::timeout(FIRST_BYTES_TIMEOUT, classify(stream));

@@ -285,11 +285,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let started = Instant::now();
             let committed = batch.commit(durable).map_err(|e| sm_error(ErrorVerb::Write, e))?;
             if durable {
-                self.metrics.backend_commit.observe(started.elapsed());
-            }
-            if durable && started.elapsed() >= SLOW_DURABLE_COMMIT {
-                // Applies wait for it: clients see it as write latency.
-                tracing::warn!(took = ?started.elapsed(), "making the applied state durable was slow");
+                let took = started.elapsed();
+                self.metrics.backend_commit.observe(took);
+                if took >= SLOW_DURABLE_COMMIT {
+                    // Applies wait for it: clients see it as write latency.
+                    tracing::warn!(?took, "making the applied state durable was slow");
+                }
             }
             // Watchers see a change only once it is committed to the engine.
             self.lessor.apply(&committed.lease_changes);
