@@ -12,16 +12,73 @@ use etcd_proto::mvccpb::{event, Event, KeyValue};
 use prost::Message;
 use redb::{Durability, ReadableTable, Table, WriteTransaction};
 
-use crate::encoding::{row_key, split_row_key, Version};
+use crate::encoding::{encode_row, rev_row, Version};
 use crate::error::{MvccError, StorageError};
+use crate::index::{KeyIndex, Ver};
 use crate::lease::{self, LeaseChange, LEASES, LEASE_KEYS};
 use crate::maintenance::ALARMS;
-use crate::read::{self, for_each_live, live_at, ReadView};
+use crate::read::{self, ReadView, Source};
 use crate::span::Span;
-use crate::store::{MvccStore, KV, MEMBERS, META, META_COMPACT, META_REVISION, REVS};
+use crate::store::{MvccStore, KV_BY_REV, MEMBERS, META, META_COMPACT, META_REVISION};
 use crate::KvError;
 
-type KvTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
+type KvTable<'t> = Table<'t, u128, &'static [u8]>;
+
+/// Takes back what a batch added to the key index unless the batch commits:
+/// the index must never name a revision the engine does not hold.
+struct IndexUndo<'s> {
+    store: &'s MvccStore,
+    /// The store revision when the batch began.
+    base: u64,
+    /// Keys that got a version in this batch.
+    touched: Vec<Vec<u8>>,
+    armed: bool,
+}
+
+impl Drop for IndexUndo<'_> {
+    fn drop(&mut self) {
+        if self.armed && !self.touched.is_empty() {
+            self.store.index_mut().truncate_after(&self.touched, self.base);
+        }
+    }
+}
+
+/// Writes the changes of one command: each takes the command's revision and
+/// the next sub-revision, appends its row, and is indexed at once (so the
+/// rest of the command and batch see it).
+struct Writer<'w, 't> {
+    kv: &'w mut KvTable<'t>,
+    index: &'w mut KeyIndex,
+    touched: &'w mut Vec<Vec<u8>>,
+    rev: u64,
+    sub: u32,
+}
+
+impl<'w, 't> Writer<'w, 't> {
+    /// A writer for the command after `revision`.
+    fn new(
+        kv: &'w mut KvTable<'t>,
+        index: &'w mut KeyIndex,
+        touched: &'w mut Vec<Vec<u8>>,
+        revision: i64,
+    ) -> Writer<'w, 't> {
+        Writer { kv, index, touched, rev: (revision + 1) as u64, sub: 0 }
+    }
+
+    /// Reads as the command sees the state: everything written so far.
+    fn src(&self) -> Source<'_, KvTable<'_>> {
+        Source { rows: &*self.kv, index: &*self.index, ceiling: u64::MAX }
+    }
+
+    fn write(&mut self, key: &[u8], version: &Version) -> Result<(), StorageError> {
+        self.kv.insert(rev_row(self.rev, self.sub), encode_row(key, version).as_slice())?;
+        self.index.push(key, Ver { rev: self.rev, sub: self.sub, tombstone: version.tombstone });
+        self.touched.push(key.to_vec());
+        self.sub =
+            self.sub.checked_add(1).ok_or_else(|| StorageError("too many changes in one revision".into()))?;
+        Ok(())
+    }
+}
 
 /// A batch of commands applied in one engine transaction.
 pub struct ApplyBatch<'s> {
@@ -32,6 +89,10 @@ pub struct ApplyBatch<'s> {
     /// Every change of the batch, in revision order, for watchers.
     events: Vec<Event>,
     lease_changes: Vec<LeaseChange>,
+    undo: IndexUndo<'s>,
+    /// A compaction applied in this batch: the key index drops what it
+    /// removed once the batch commits.
+    compact_at: Option<u64>,
     /// Whether a NOSPACE alarm is active: read when the batch begins and
     /// again after each Alarm command, so writes check it without opening
     /// the alarms table each time.
@@ -70,6 +131,8 @@ impl<'s> ApplyBatch<'s> {
             compacted,
             events: Vec::new(),
             lease_changes: Vec::new(),
+            undo: IndexUndo { store, base: revision as u64, touched: Vec::new(), armed: true },
+            compact_at: None,
             no_space,
         })
     }
@@ -117,13 +180,7 @@ impl<'s> ApplyBatch<'s> {
             "a command takes a revision exactly when it changes a key"
         );
         if self.revision == before + 1 {
-            let changed = &self.events[events_before..];
-            lease::index_events(&self.txn, changed)?;
-            let keys: Vec<&[u8]> =
-                changed.iter().map(|e| e.kv.as_ref().map_or(&[][..], |kv| kv.key.as_slice())).collect();
-            self.txn
-                .open_table(REVS)?
-                .insert(self.revision as u64, crate::encoding::encode_keys(&keys).as_slice())?;
+            lease::index_events(&self.txn, &self.events[events_before..])?;
         }
         Ok(CommandResponse { kind: Some(kind), revision: self.revision })
     }
@@ -148,6 +205,10 @@ impl<'s> ApplyBatch<'s> {
         let durability = if durable { Durability::Immediate } else { Durability::None };
         self.txn.set_durability(durability)?;
         self.txn.commit()?;
+        self.undo.armed = false;
+        if let Some(at) = self.compact_at {
+            self.store.index_mut().compact(at);
+        }
         self.store.note_commit(self.revision);
         Ok(Committed {
             revision: self.revision,
@@ -155,10 +216,6 @@ impl<'s> ApplyBatch<'s> {
             events: self.events,
             lease_changes: self.lease_changes,
         })
-    }
-
-    fn pending(&self) -> u64 {
-        (self.revision + 1) as u64
     }
 
     /// Writes that add data are refused while a NOSPACE alarm is active;
@@ -173,23 +230,25 @@ impl<'s> ApplyBatch<'s> {
     fn put_command(&mut self, req: &PutRequest) -> Result<command_response::Kind, KvError> {
         crate::validate::check_put(req)?;
         self.check_space()?;
-        let rev = self.pending();
-        let mut kv = self.txn.open_table(KV)?;
+        let mut kv = self.txn.open_table(KV_BY_REV)?;
+        let mut index = self.store.index_mut();
+        let mut w = Writer::new(&mut kv, &mut index, &mut self.undo.touched, self.revision);
         if req.lease == 0 {
-            check_put_key(&kv, req)?;
+            check_put_key(&w.src(), req)?;
         } else {
-            check_put_state(&kv, &self.txn.open_table(LEASES)?, req)?;
+            check_put_state(&w.src(), &self.txn.open_table(LEASES)?, req)?;
         }
-        let resp = put(&mut kv, req, rev, &mut self.events)?;
+        let resp = put(&mut w, req, &mut self.events)?;
         self.revision += 1;
         Ok(command_response::Kind::Put(PutResponse { header: Some(self.header()), ..resp }))
     }
 
     fn delete_command(&mut self, req: &DeleteRangeRequest) -> Result<command_response::Kind, KvError> {
         crate::validate::check_delete_range(req)?;
-        let rev = self.pending();
-        let mut kv = self.txn.open_table(KV)?;
-        let resp = delete_range(&mut kv, req, rev, &mut self.events)?;
+        let mut kv = self.txn.open_table(KV_BY_REV)?;
+        let mut index = self.store.index_mut();
+        let mut w = Writer::new(&mut kv, &mut index, &mut self.undo.touched, self.revision);
+        let resp = delete_range(&mut w, req, &mut self.events)?;
         if resp.deleted > 0 {
             self.revision += 1;
         }
@@ -201,12 +260,14 @@ impl<'s> ApplyBatch<'s> {
         if crate::validate::txn_has_put(req) {
             self.check_space()?;
         }
-        let mut kv = self.txn.open_table(KV)?;
-        let path = decide_path(&kv, req)?;
+        let mut kv = self.txn.open_table(KV_BY_REV)?;
+        let mut index = self.store.index_mut();
+        let mut w = Writer::new(&mut kv, &mut index, &mut self.undo.touched, self.revision);
+        let path = decide_path(&w.src(), req)?;
         let view = ReadView { current: self.revision, compacted: self.compacted };
-        check_path(&kv, &self.txn.open_table(LEASES)?, req, &path, view)?;
-        let mut exec = Exec { rev: self.pending(), changed: false, view, events: &mut self.events };
-        let mut resp = exec.txn(&mut kv, req, &path)?;
+        check_path(&w.src(), &self.txn.open_table(LEASES)?, req, &path, view)?;
+        let mut exec = Exec { changed: false, view, events: &mut self.events };
+        let mut resp = exec.txn(&mut w, req, &path)?;
         if exec.changed {
             self.revision += 1;
         }
@@ -238,12 +299,13 @@ impl<'s> ApplyBatch<'s> {
         }
         let mut lease_keys = self.txn.open_table(LEASE_KEYS)?;
         let keys = lease::keys_of(&lease_keys, req.id)?;
-        let rev = self.pending();
-        let mut kv = self.txn.open_table(KV)?;
+        let mut kv = self.txn.open_table(KV_BY_REV)?;
+        let mut index = self.store.index_mut();
+        let mut w = Writer::new(&mut kv, &mut index, &mut self.undo.touched, self.revision);
         let mut deleted = 0;
         for key in &keys {
             let del = DeleteRangeRequest { key: key.clone(), ..Default::default() };
-            deleted += delete_range(&mut kv, &del, rev, &mut self.events)?.deleted;
+            deleted += delete_range(&mut w, &del, &mut self.events)?.deleted;
         }
         let (mut resp, change) = lease::forget(&mut leases, &mut lease_keys, req, &keys)?;
         if deleted > 0 {
@@ -261,11 +323,17 @@ impl<'s> ApplyBatch<'s> {
         if req.revision > self.revision {
             return Err(MvccError::FutureRevision.into());
         }
-        let mut kv = self.txn.open_table(KV)?;
-        let removed = compact_rows(&mut kv, req.revision as u64)?;
-        drop(kv);
-        self.txn.open_table(REVS)?.retain_in(..req.revision as u64, |_, _| false)?;
+        let at = req.revision as u64;
+        let doomed = self.store.index().doomed_by_compaction(at);
+        let mut kv = self.txn.open_table(KV_BY_REV)?;
+        let mut removed = 0u64;
+        for ver in &doomed {
+            if kv.remove(ver.row())?.is_some() {
+                removed += 1;
+            }
+        }
         tracing::info!(revision = req.revision, rows_removed = removed, "compacted");
+        self.compact_at = Some(at);
         self.compacted = req.revision;
         assert!(self.compacted <= self.revision, "compaction never passes the store revision");
         Ok(command_response::Kind::Compaction(CompactionResponse { header: Some(self.header()) }))
@@ -278,11 +346,8 @@ impl<'s> ApplyBatch<'s> {
 
 /// The part of `check_put_state` that needs no lease: `ignore_*` needs an
 /// existing key.
-fn check_put_key(
-    kv: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    req: &PutRequest,
-) -> Result<(), KvError> {
-    if (req.ignore_value || req.ignore_lease) && live_at(kv, &req.key, u64::MAX)?.is_none() {
+fn check_put_key(src: &Source<'_, impl read::Rows>, req: &PutRequest) -> Result<(), KvError> {
+    if (req.ignore_value || req.ignore_lease) && src.index.live_at(&req.key, src.ceiling).is_none() {
         return Err(MvccError::KeyNotFound.into());
     }
     Ok(())
@@ -291,24 +356,20 @@ fn check_put_key(
 /// Checks a Put against the state: `ignore_*` needs an existing key; a lease
 /// must exist.
 fn check_put_state(
-    kv: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    src: &Source<'_, impl read::Rows>,
     leases: &impl ReadableTable<i64, &'static [u8]>,
     req: &PutRequest,
 ) -> Result<(), KvError> {
-    check_put_key(kv, req)?;
+    check_put_key(src, req)?;
     if req.lease != 0 && !lease::lease_exists(leases, req.lease)? {
         return Err(MvccError::LeaseNotFound.into());
     }
     Ok(())
 }
 
-fn put(
-    kv: &mut KvTable<'_>,
-    req: &PutRequest,
-    rev: u64,
-    events: &mut Vec<Event>,
-) -> Result<PutResponse, KvError> {
-    let prev = live_at(kv, &req.key, u64::MAX)?;
+fn put(w: &mut Writer<'_, '_>, req: &PutRequest, events: &mut Vec<Event>) -> Result<PutResponse, KvError> {
+    let prev = w.src().live_at(&req.key, u64::MAX)?;
+    let rev = w.rev;
     let version = Version {
         tombstone: false,
         create_revision: prev.as_ref().map_or(rev as i64, |p| p.create_revision),
@@ -322,28 +383,27 @@ fn put(
             _ => req.value.clone(),
         },
     };
-    kv.insert(row_key(&req.key, rev).as_slice(), version.encode().as_slice())?;
+    w.write(&req.key, &version)?;
     let written = read::key_value(req.key.clone(), rev, version);
     events.push(Event { r#type: event::EventType::Put as i32, kv: Some(written), prev_kv: prev.clone() });
     Ok(PutResponse { header: None, prev_kv: if req.prev_kv { prev } else { None } })
 }
 
 fn delete_range(
-    kv: &mut KvTable<'_>,
+    w: &mut Writer<'_, '_>,
     req: &DeleteRangeRequest,
-    rev: u64,
     events: &mut Vec<Event>,
 ) -> Result<DeleteRangeResponse, KvError> {
     let span = Span::new(&req.key, &req.range_end);
     let mut doomed = Vec::new();
-    for_each_live(kv, &span, u64::MAX, |found| {
+    w.src().for_each_live(&span, u64::MAX, |found| {
         doomed.push(found);
         true
     })?;
-    let tombstone = Version::tombstone().encode();
+    let tombstone = Version::tombstone();
     for found in &doomed {
-        kv.insert(row_key(&found.key, rev).as_slice(), tombstone.as_slice())?;
-        let gone = KeyValue { key: found.key.clone(), mod_revision: rev as i64, ..Default::default() };
+        w.write(&found.key, &tombstone)?;
+        let gone = KeyValue { key: found.key.clone(), mod_revision: w.rev as i64, ..Default::default() };
         events.push(Event {
             r#type: event::EventType::Delete as i32,
             kv: Some(gone),
@@ -358,10 +418,10 @@ fn delete_range(
 }
 
 /// Decides every compare on the path before anything is written, as etcd does.
-fn decide_path(kv: &impl read::Rows, req: &TxnRequest) -> Result<Path, StorageError> {
+fn decide_path(src: &Source<'_, impl read::Rows>, req: &TxnRequest) -> Result<Path, StorageError> {
     let mut succeeded = true;
     for c in &req.compare {
-        if !read::compare_holds(kv, c)? {
+        if !read::compare_holds(src, c)? {
             succeeded = false;
             break;
         }
@@ -370,7 +430,7 @@ fn decide_path(kv: &impl read::Rows, req: &TxnRequest) -> Result<Path, StorageEr
     let mut nested = Vec::new();
     for op in ops {
         if let Some(request_op::Request::RequestTxn(t)) = &op.request {
-            nested.push(decide_path(kv, t)?);
+            nested.push(decide_path(src, t)?);
         }
     }
     Ok(Path { succeeded, nested })
@@ -379,7 +439,7 @@ fn decide_path(kv: &impl read::Rows, req: &TxnRequest) -> Result<Path, StorageEr
 /// Checks the ops on the taken path against the state before the Txn, so that a
 /// Txn that fails does so before its first write.
 fn check_path(
-    kv: &impl read::Rows,
+    src: &Source<'_, impl read::Rows>,
     leases: &impl ReadableTable<i64, &'static [u8]>,
     req: &TxnRequest,
     path: &Path,
@@ -397,10 +457,10 @@ fn check_path(
                     return Err(MvccError::Compacted.into());
                 }
             }
-            Some(request_op::Request::RequestPut(p)) => check_put_state(kv, leases, p)?,
+            Some(request_op::Request::RequestPut(p)) => check_put_state(src, leases, p)?,
             Some(request_op::Request::RequestTxn(t)) => {
                 let sub = nested.next().expect("a decided path has a node for each nested txn");
-                check_path(kv, leases, t, sub, view)?;
+                check_path(src, leases, t, sub, view)?;
             }
             Some(request_op::Request::RequestDeleteRange(_)) | None => {}
         }
@@ -410,26 +470,25 @@ fn check_path(
 
 /// Executes a Txn along a decided path.
 struct Exec<'e> {
-    rev: u64,
     changed: bool,
     view: ReadView,
     events: &'e mut Vec<Event>,
 }
 
 impl Exec<'_> {
-    fn txn(&mut self, kv: &mut KvTable<'_>, req: &TxnRequest, path: &Path) -> Result<TxnResponse, KvError> {
+    fn txn(&mut self, w: &mut Writer<'_, '_>, req: &TxnRequest, path: &Path) -> Result<TxnResponse, KvError> {
         let ops = if path.succeeded { &req.success } else { &req.failure };
         let mut nested = path.nested.iter();
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
-            responses.push(self.op(kv, op, &mut nested)?);
+            responses.push(self.op(w, op, &mut nested)?);
         }
         Ok(TxnResponse { header: None, succeeded: path.succeeded, responses })
     }
 
     fn op<'p>(
         &mut self,
-        kv: &mut KvTable<'_>,
+        w: &mut Writer<'_, '_>,
         op: &RequestOp,
         nested: &mut impl Iterator<Item = &'p Path>,
     ) -> Result<ResponseOp, KvError> {
@@ -440,25 +499,25 @@ impl Exec<'_> {
         let response = match &op.request {
             Some(request_op::Request::RequestRange(r)) => {
                 let view = ReadView { current: self.view.current + i64::from(self.changed), ..self.view };
-                let mut resp = read::range(kv, r, view)?;
+                let mut resp = read::range(&w.src(), r, view)?;
                 resp.header = Some(header(self.changed, self.view));
                 response_op::Response::ResponseRange(resp)
             }
             Some(request_op::Request::RequestPut(p)) => {
-                let mut resp = put(kv, p, self.rev, self.events)?;
+                let mut resp = put(w, p, self.events)?;
                 self.changed = true;
                 resp.header = Some(header(true, self.view));
                 response_op::Response::ResponsePut(resp)
             }
             Some(request_op::Request::RequestDeleteRange(d)) => {
-                let mut resp = delete_range(kv, d, self.rev, self.events)?;
+                let mut resp = delete_range(w, d, self.events)?;
                 self.changed |= resp.deleted > 0;
                 resp.header = Some(header(self.changed, self.view));
                 response_op::Response::ResponseDeleteRange(resp)
             }
             Some(request_op::Request::RequestTxn(t)) => {
                 let sub = nested.next().expect("a decided path has a node for each nested txn");
-                let mut resp = self.txn(kv, t, sub)?;
+                let mut resp = self.txn(w, t, sub)?;
                 resp.header = Some(header(self.changed, self.view));
                 response_op::Response::ResponseTxn(resp)
             }
@@ -466,40 +525,4 @@ impl Exec<'_> {
         };
         Ok(ResponseOp { response: Some(response) })
     }
-}
-
-/// Removes every version older than `at` that a read at or after `at` cannot
-/// see: for each key, all versions below its newest at `at`, and that one too if
-/// it is a tombstone. Returns the number of rows removed.
-fn compact_rows(kv: &mut KvTable<'_>, at: u64) -> Result<u64, StorageError> {
-    let mut doomed: Vec<Vec<u8>> = Vec::new();
-    {
-        let mut current_key: Option<Vec<u8>> = None;
-        let mut candidates: Vec<(Vec<u8>, bool)> = Vec::new();
-        let flush = |candidates: &mut Vec<(Vec<u8>, bool)>, doomed: &mut Vec<Vec<u8>>| {
-            if let Some((newest, tombstone)) = candidates.pop() {
-                doomed.extend(candidates.drain(..).map(|(row, _)| row));
-                if tombstone {
-                    doomed.push(newest);
-                }
-            }
-        };
-        for row in kv.iter()? {
-            let (row_key, value) = row?;
-            let (key, revision) = split_row_key(row_key.value())?;
-            if current_key.as_deref() != Some(key.as_slice()) {
-                flush(&mut candidates, &mut doomed);
-                current_key = Some(key);
-            }
-            if revision <= at {
-                let tombstone = Version::decode(value.value())?.tombstone;
-                candidates.push((row_key.value().to_vec(), tombstone));
-            }
-        }
-        flush(&mut candidates, &mut doomed);
-    }
-    for row in &doomed {
-        kv.remove(row.as_slice())?;
-    }
-    Ok(doomed.len() as u64)
 }

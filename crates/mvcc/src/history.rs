@@ -3,10 +3,10 @@
 
 use etcd_proto::mvccpb::{event, Event, KeyValue};
 
-use crate::encoding::{decode_keys, row_key, Version};
+use crate::encoding::{decode_row, rev_row, split_rev_row};
 use crate::error::MvccError;
-use crate::read::{key_value, live_at};
-use crate::store::{read_revisions, MvccStore, KV, META, REVS};
+use crate::read::{key_value, Source};
+use crate::store::{read_revisions, MvccStore, KV_BY_REV, META};
 use crate::KvError;
 
 /// Changes read from disk.
@@ -33,34 +33,32 @@ impl MvccStore {
         if from > to {
             return Ok(out);
         }
-        let kv = txn.open_table(KV)?;
-        let revs = txn.open_table(REVS)?;
-        for row in revs.range(from.max(0) as u64..=to as u64)? {
-            let (rev, keys) = row?;
-            let rev = rev.value();
-            for key in decode_keys(keys.value())? {
-                let Some(stored) = kv.get(row_key(&key, rev).as_slice())? else {
-                    // A delete exactly at the compacted revision is compacted away.
-                    continue;
-                };
-                let version = Version::decode(stored.value())?;
-                let prev_kv = if rev > 1 { live_at(&kv, &key, rev - 1)? } else { None };
-                let event = if version.tombstone {
-                    let kv = KeyValue { key, mod_revision: rev as i64, ..Default::default() };
-                    Event { r#type: event::EventType::Delete as i32, kv: Some(kv), prev_kv }
-                } else {
-                    Event {
-                        r#type: event::EventType::Put as i32,
-                        kv: Some(key_value(key, rev, version)),
-                        prev_kv,
-                    }
-                };
-                out.events.push(event);
-            }
-            out.next = rev as i64 + 1;
-            if out.events.len() >= events_max {
+        let rows = txn.open_table(KV_BY_REV)?;
+        let index = self.index();
+        let src = Source { rows: &rows, index: &index, ceiling: current as u64 };
+        let mut last_rev = None;
+        for row in rows.range(rev_row(from.max(0) as u64, 0)..=rev_row(to as u64, u32::MAX))? {
+            let (row_key, stored) = row?;
+            let (rev, _) = split_rev_row(row_key.value());
+            if last_rev.is_some_and(|last| last != rev) && out.events.len() >= events_max {
+                // Whole revisions only: the one before this is complete.
                 return Ok(out);
             }
+            last_rev = Some(rev);
+            out.next = rev as i64 + 1;
+            let (key, version) = decode_row(stored.value())?;
+            let prev_kv = if rev > 1 { src.live_at(&key, rev - 1)? } else { None };
+            let event = if version.tombstone {
+                let kv = KeyValue { key, mod_revision: rev as i64, ..Default::default() };
+                Event { r#type: event::EventType::Delete as i32, kv: Some(kv), prev_kv }
+            } else {
+                Event {
+                    r#type: event::EventType::Put as i32,
+                    kv: Some(key_value(key, rev, version)),
+                    prev_kv,
+                }
+            };
+            out.events.push(event);
         }
         out.next = to + 1;
         Ok(out)

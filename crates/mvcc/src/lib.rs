@@ -6,15 +6,19 @@
 //! duplicate-key and op-count checks, compaction, and snapshots of the whole
 //! state as a byte stream.
 //!
-//! The layout keeps every version of every key in one redb table ordered by
-//! (key, revision), so ranges and historical reads are seeks and no key index
-//! lives in memory (see `encoding`).
+//! The layout is etcd's: every version of every key is a row of one redb
+//! table keyed by revision, so a write appends at the table's end and the
+//! pages a commit touches do not grow with the data; an in-memory index of
+//! each key's revisions (`index`) finds the rows of a key, a range, or a past
+//! revision, and is rebuilt from the rows when the store opens (see
+//! `encoding`).
 //!
 //! Deterministic: given the same commands in the same order, every member
 //! reaches byte-identical state. No async, no networking, and no knowledge of
 //! Raft: the layer above stores its own bookkeeping through `put_meta`.
 //!
-//! Modules: `encoding` (row layout), `span` (key ranges), `validate`
+//! Modules: `encoding` (row layout), `index` (each key's revisions, in
+//! memory), `span` (key ranges), `validate`
 //! (stateless request checks), `read` (range, compare), `apply` (the write
 //! path, which also yields the events of each change), `history` (past
 //! changes in revision order, for watchers), `lease` (leases and the keys
@@ -24,6 +28,7 @@ pub mod apply;
 pub mod encoding;
 pub mod error;
 pub mod history;
+pub mod index;
 pub mod lease;
 pub mod limits;
 pub mod maintenance;

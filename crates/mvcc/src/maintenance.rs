@@ -7,9 +7,9 @@ use etcd_proto::etcdserverpb::{
 };
 use redb::{ReadableTable, Table, TableDefinition};
 
-use crate::encoding::split_row_key;
+use crate::encoding::rev_row;
 use crate::error::{MvccError, StorageError};
-use crate::store::{read_revisions, MvccStore, KV, META};
+use crate::store::{read_revisions, MvccStore, KV_BY_REV, META};
 use crate::KvError;
 
 /// Active alarms: `member id (8 bytes) ++ alarm type (4 bytes)`, big-endian.
@@ -18,8 +18,8 @@ pub(crate) const ALARMS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("a
 /// A hash of the key space up to a revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvHash {
-    /// CRC-32 over every stored version at or below `hash_revision`, in (key,
-    /// revision) order: identical on members that applied the same log.
+    /// CRC-32 over every stored version at or below `hash_revision`, in
+    /// revision order: identical on members that applied the same log.
     pub hash: u32,
     pub hash_revision: i64,
     pub compact_revision: i64,
@@ -97,13 +97,10 @@ impl MvccStore {
             return Err(MvccError::Compacted.into());
         }
         let mut crc = crc32fast::Hasher::new();
-        for row in txn.open_table(KV)?.iter()? {
+        for row in txn.open_table(KV_BY_REV)?.range(..=rev_row(at as u64, u32::MAX))? {
             let (key, value) = row?;
-            let (_, row_revision) = split_row_key(key.value())?;
-            if row_revision <= at as u64 {
-                crc.update(key.value());
-                crc.update(value.value());
-            }
+            crc.update(&key.value().to_be_bytes());
+            crc.update(value.value());
         }
         Ok(KvHash {
             hash: crc.finalize(),

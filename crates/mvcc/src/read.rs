@@ -1,8 +1,7 @@
-//! Reading the key space at a revision: ranges and Txn compares. Generic over
-//! redb's readable tables, so the same code serves a read transaction and the
-//! write transaction of an apply (which must see its own earlier writes).
-
-use std::ops::Bound;
+//! Reading the key space at a revision: ranges and Txn compares, through the
+//! key index and the revision-keyed rows. The same code serves a read
+//! transaction and the write transaction of an apply (which must see its own
+//! earlier writes).
 
 use etcd_proto::etcdserverpb::{
     compare, range_request, Compare, RangeRequest, RangeResponse, ResponseHeader,
@@ -10,36 +9,79 @@ use etcd_proto::etcdserverpb::{
 use etcd_proto::mvccpb::KeyValue;
 use redb::ReadableTable;
 
-use crate::encoding::{row_key, split_row_key, Version};
+use crate::encoding::{decode_row, Version};
 use crate::error::{MvccError, StorageError};
+use crate::index::{KeyIndex, Ver};
 use crate::span::Span;
 use crate::KvError;
 
-/// The key-space table as the read paths see it.
-pub trait Rows: ReadableTable<&'static [u8], &'static [u8]> {}
-impl<T: ReadableTable<&'static [u8], &'static [u8]>> Rows for T {}
+/// The revision-keyed rows as the read paths see them.
+pub trait Rows: ReadableTable<u128, &'static [u8]> {}
+impl<T: ReadableTable<u128, &'static [u8]>> Rows for T {}
 
-/// The newest version of `key` at or below revision `at`, tombstones included.
-pub fn newest_at(rows: &impl Rows, key: &[u8], at: u64) -> Result<Option<(u64, Version)>, StorageError> {
-    let low = row_key(key, 0);
-    let high = row_key(key, at);
-    let mut iter = rows.range::<&[u8]>(low.as_slice()..=high.as_slice())?;
-    match iter.next_back() {
-        None => Ok(None),
-        Some(row) => {
-            let (row_key, value) = row?;
-            let (_, revision) = split_row_key(row_key.value())?;
-            Ok(Some((revision, Version::decode(value.value())?)))
-        }
-    }
+/// What a read runs against: the rows of one transaction, the key index, and
+/// the newest revision those rows hold. The index may already name newer
+/// versions (an apply in progress); a read never looks above `ceiling`.
+pub struct Source<'a, R: Rows> {
+    pub rows: &'a R,
+    pub index: &'a KeyIndex,
+    pub ceiling: u64,
 }
 
-/// The live (not deleted) version of `key` at revision `at`, as a KeyValue.
-pub fn live_at(rows: &impl Rows, key: &[u8], at: u64) -> Result<Option<KeyValue>, StorageError> {
-    Ok(match newest_at(rows, key, at)? {
-        Some((revision, version)) if !version.tombstone => Some(key_value(key.to_vec(), revision, version)),
-        _ => None,
-    })
+impl<R: Rows> Source<'_, R> {
+    /// The stored version the index names, with its key.
+    pub fn fetch(&self, key: &[u8], ver: Ver) -> Result<(u64, Version), StorageError> {
+        let Some(row) = self.rows.get(ver.row())? else {
+            return Err(StorageError(format!(
+                "the key index names revision {}.{} but it has no row: the index and the rows disagree",
+                ver.rev, ver.sub
+            )));
+        };
+        let (stored_key, version) = decode_row(row.value())?;
+        if stored_key != key {
+            return Err(StorageError(format!(
+                "row {}.{} holds another key than the index says",
+                ver.rev, ver.sub
+            )));
+        }
+        Ok((ver.rev, version))
+    }
+
+    /// The newest version of `key` at or below revision `at`, deletions
+    /// included.
+    pub fn newest_at(&self, key: &[u8], at: u64) -> Result<Option<(u64, Version)>, StorageError> {
+        match self.index.newest_at(key, at.min(self.ceiling)) {
+            None => Ok(None),
+            Some(ver) => self.fetch(key, ver).map(Some),
+        }
+    }
+
+    /// The live (not deleted) version of `key` at revision `at`, as a KeyValue.
+    pub fn live_at(&self, key: &[u8], at: u64) -> Result<Option<KeyValue>, StorageError> {
+        match self.index.live_at(key, at.min(self.ceiling)) {
+            None => Ok(None),
+            Some(ver) => self.fetch(key, ver).map(|(rev, v)| Some(key_value(key.to_vec(), rev, v))),
+        }
+    }
+
+    /// Calls `visit` with every live key of `span` at revision `at`, in key
+    /// order, until it returns false.
+    pub fn for_each_live(
+        &self,
+        span: &Span,
+        at: u64,
+        mut visit: impl FnMut(KeyValue) -> bool,
+    ) -> Result<(), StorageError> {
+        let mut failed = None;
+        self.index.for_each_live(span, at.min(self.ceiling), |key, ver| match self.fetch(key, ver) {
+            Ok((rev, v)) => visit(key_value(key.to_vec(), rev, v)),
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
+        });
+        failed.map_or(Ok(()), Err)
+    }
 }
 
 pub fn key_value(key: Vec<u8>, mod_revision: u64, v: Version) -> KeyValue {
@@ -50,46 +92,6 @@ pub fn key_value(key: Vec<u8>, mod_revision: u64, v: Version) -> KeyValue {
         version: v.version,
         value: v.value,
         lease: v.lease,
-    }
-}
-
-/// Calls `visit` with every live key of `span` at revision `at`, in key order,
-/// until it returns false. Two seeks per key: the next key, then its newest
-/// version at `at`.
-pub fn for_each_live(
-    rows: &impl Rows,
-    span: &Span,
-    at: u64,
-    mut visit: impl FnMut(KeyValue) -> bool,
-) -> Result<(), StorageError> {
-    if span.is_empty() {
-        return Ok(());
-    }
-    let upper = span.row_upper_bound();
-    let mut lower = Bound::Included(row_key(span.start(), 0));
-    loop {
-        let next_key = {
-            let bounds = (as_ref_bound(&lower), as_ref_bound(&upper));
-            let mut iter = rows.range::<&[u8]>(bounds)?;
-            match iter.next() {
-                None => return Ok(()),
-                Some(row) => split_row_key(row?.0.value())?.0,
-            }
-        };
-        if let Some(kv) = live_at(rows, &next_key, at)? {
-            if !visit(kv) {
-                return Ok(());
-            }
-        }
-        lower = Bound::Excluded(row_key(&next_key, u64::MAX));
-    }
-}
-
-fn as_ref_bound(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
-    match b {
-        Bound::Included(v) => Bound::Included(v.as_slice()),
-        Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
-        Bound::Unbounded => Bound::Unbounded,
     }
 }
 
@@ -105,13 +107,17 @@ pub struct ReadView {
 
 /// Serves a Range with etcd's semantics: count over the whole span, filters, then
 /// sort, then limit with `more`.
-pub fn range(rows: &impl Rows, req: &RangeRequest, view: ReadView) -> Result<RangeResponse, KvError> {
+pub fn range(
+    src: &Source<'_, impl Rows>,
+    req: &RangeRequest,
+    view: ReadView,
+) -> Result<RangeResponse, KvError> {
     crate::validate::check_range(req)?;
     if req.revision > view.current {
         return Err(MvccError::FutureRevision.into());
     }
     let at = if req.revision <= 0 { view.current } else { req.revision };
-    if at < view.compacted {
+    if at < view.compacted.max(src.index.compacted()) {
         return Err(MvccError::Compacted.into());
     }
     let span = Span::new(&req.key, &req.range_end);
@@ -125,15 +131,31 @@ pub fn range(rows: &impl Rows, req: &RangeRequest, view: ReadView) -> Result<Ran
         (limit, false) if limit > 0 => limit as usize + 1,
         _ => usize::MAX,
     };
+    // Counting needs only the index; rows are read for the key-values kept.
     let mut count: i64 = 0;
     let mut kvs: Vec<KeyValue> = Vec::new();
-    for_each_live(rows, &span, at as u64, |kv| {
+    let mut failed = None;
+    src.index.for_each_live(&span, (at as u64).min(src.ceiling), |key, ver| {
         count += 1;
-        if !req.count_only && kvs.len() < keep_max && passes_filters(req, &kv) {
-            kvs.push(kv);
+        if !req.count_only && kvs.len() < keep_max {
+            match src.fetch(key, ver) {
+                Ok((rev, v)) => {
+                    let kv = key_value(key.to_vec(), rev, v);
+                    if passes_filters(req, &kv) {
+                        kvs.push(kv);
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    return false;
+                }
+            }
         }
         true
-    })?;
+    });
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
     if let Some(order) = sort_order {
         sort_kvs(&mut kvs, req.sort_target, order);
     }
@@ -193,11 +215,11 @@ fn sort_kvs(kvs: &mut [KeyValue], target: i32, order: range_request::SortOrder) 
 /// Evaluates one Txn compare against the newest state, as etcd does: every key
 /// in the compare's span must satisfy it; an absent key compares as zero, except
 /// that a VALUE compare on absent keys is always false.
-pub fn compare_holds(rows: &impl Rows, c: &Compare) -> Result<bool, StorageError> {
+pub fn compare_holds(src: &Source<'_, impl Rows>, c: &Compare) -> Result<bool, StorageError> {
     let span = Span::new(&c.key, &c.range_end);
     let mut found = false;
     let mut holds = true;
-    for_each_live(rows, &span, u64::MAX, |kv| {
+    src.for_each_live(&span, u64::MAX, |kv| {
         found = true;
         holds = compare_kv(c, &kv);
         holds

@@ -12,16 +12,20 @@ use redb::{ReadableTable, TableDefinition};
 use crate::error::StorageError;
 use crate::lease::{LEASES, LEASE_KEYS};
 use crate::maintenance::ALARMS;
-use crate::store::{MvccStore, KV, MEMBERS, META, REVS};
+use crate::store::{MvccStore, KV_BY_REV, LEGACY_KV, LEGACY_REVS, MEMBERS, META};
 
 const MAGIC: &[u8] = b"FIVEFOLD-MVCC-SNAPSHOT-1\n";
-const TAG_KV: u8 = 1;
+/// A row of the legacy layout (key, revision); read, no longer written.
+const TAG_LEGACY_KV: u8 = 1;
 const TAG_META: u8 = 2;
 const TAG_MEMBER: u8 = 3;
-const TAG_REV: u8 = 4;
+/// The legacy layout's keys of one revision; read, no longer written.
+const TAG_LEGACY_REV: u8 = 4;
 const TAG_LEASE: u8 = 5;
 const TAG_LEASE_KEY: u8 = 6;
 const TAG_ALARM: u8 = 7;
+/// A row of the revision-keyed table: a 16-byte big-endian row key, the row.
+const TAG_KV_BY_REV: u8 = 8;
 const TAG_END: u8 = 0xFF;
 /// No single record field may claim more than this (a corrupt length must not
 /// make the reader allocate without bound).
@@ -136,9 +140,9 @@ impl SnapshotView {
         let mut w = CrcWriter { inner: out, crc: crc32fast::Hasher::new(), bytes: 0 };
         w.put(MAGIC)?;
         let mut rows = 0;
-        for row in txn.open_table(KV)?.iter()? {
+        for row in txn.open_table(KV_BY_REV)?.iter()? {
             let (k, v) = row?;
-            w.record(TAG_KV, k.value(), v.value())?;
+            w.record(TAG_KV_BY_REV, &k.value().to_be_bytes(), v.value())?;
             rows += 1;
         }
         for row in txn.open_table(META)?.iter()? {
@@ -148,10 +152,6 @@ impl SnapshotView {
         for row in txn.open_table(MEMBERS)?.iter()? {
             let (k, v) = row?;
             w.record(TAG_MEMBER, &k.value().to_be_bytes(), v.value())?;
-        }
-        for row in txn.open_table(REVS)?.iter()? {
-            let (k, v) = row?;
-            w.record(TAG_REV, &k.value().to_be_bytes(), v.value())?;
         }
         for row in txn.open_table(LEASES)?.iter()? {
             let (k, v) = row?;
@@ -182,19 +182,21 @@ impl MvccStore {
             return Err(StorageError("not a fivefold snapshot (bad magic)".into()));
         }
         let mut txn = self.begin_write()?;
-        clear(&txn, KV)?;
+        clear(&txn, KV_BY_REV)?;
+        clear(&txn, LEGACY_KV)?;
         clear(&txn, META)?;
         clear(&txn, MEMBERS)?;
-        clear(&txn, REVS)?;
+        clear(&txn, LEGACY_REVS)?;
         clear(&txn, LEASES)?;
         clear(&txn, LEASE_KEYS)?;
         clear(&txn, ALARMS)?;
         let mut rows = 0;
         {
-            let mut kv = txn.open_table(KV)?;
+            let mut kv = txn.open_table(KV_BY_REV)?;
+            let mut legacy_kv = txn.open_table(LEGACY_KV)?;
             let mut meta = txn.open_table(META)?;
             let mut members = txn.open_table(MEMBERS)?;
-            let mut revs = txn.open_table(REVS)?;
+            let mut legacy_revs = txn.open_table(LEGACY_REVS)?;
             let mut leases = txn.open_table(LEASES)?;
             let mut lease_keys = txn.open_table(LEASE_KEYS)?;
             let mut alarms = txn.open_table(ALARMS)?;
@@ -206,8 +208,16 @@ impl MvccStore {
                 let key = r.field()?;
                 let value = r.field()?;
                 match tag {
-                    TAG_KV => {
-                        kv.insert(key.as_slice(), value.as_slice())?;
+                    TAG_KV_BY_REV => {
+                        let row: [u8; 16] = key
+                            .try_into()
+                            .map_err(|_| StorageError("snapshot row key is not 16 bytes".into()))?;
+                        crate::encoding::row_key_of(&value)?;
+                        kv.insert(u128::from_be_bytes(row), value.as_slice())?;
+                        rows += 1;
+                    }
+                    TAG_LEGACY_KV => {
+                        legacy_kv.insert(key.as_slice(), value.as_slice())?;
                         rows += 1;
                     }
                     TAG_META => {
@@ -221,11 +231,11 @@ impl MvccStore {
                             .map_err(|_| StorageError("snapshot member id is not 8 bytes".into()))?;
                         members.insert(u64::from_be_bytes(id), value.as_slice())?;
                     }
-                    TAG_REV => {
+                    TAG_LEGACY_REV => {
                         let rev: [u8; 8] = key
                             .try_into()
                             .map_err(|_| StorageError("snapshot revision is not 8 bytes".into()))?;
-                        revs.insert(u64::from_be_bytes(rev), value.as_slice())?;
+                        legacy_revs.insert(u64::from_be_bytes(rev), value.as_slice())?;
                     }
                     TAG_LEASE => {
                         let id: [u8; 8] = key
@@ -249,8 +259,25 @@ impl MvccStore {
         if u32::from_le_bytes(stored) != expected {
             return Err(StorageError("snapshot checksum mismatch".into()));
         }
+        // A snapshot from a member still on the legacy layout.
+        crate::store::migrate_legacy(&txn)?;
         txn.set_durability(redb::Durability::Immediate)?;
+        // Readers wait while the index is rebuilt, so none sees new rows
+        // through the old index.
+        let mut index = self.index_mut();
         txn.commit()?;
+        let rebuilt = {
+            let read = self.begin_read()?;
+            crate::store::build_index(&read)
+        };
+        match rebuilt {
+            Ok(rebuilt) => *index = rebuilt,
+            Err(e) => {
+                *index = crate::index::KeyIndex::default();
+                return Err(e);
+            }
+        }
+        drop(index);
         let (revision, _) = self.revisions()?;
         self.reset_revision(revision);
         Ok(SnapshotSummary { rows, bytes: r.bytes + 4 })

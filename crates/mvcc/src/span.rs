@@ -1,10 +1,6 @@
 //! Which user keys a request names: one key, a half-open range, or every key from
 //! a start (etcd's `range_end = "\0"`).
 
-use std::ops::Bound;
-
-use crate::encoding::row_key;
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Span {
     /// Exactly one key (`range_end` empty).
@@ -50,15 +46,6 @@ impl Span {
                 };
                 below(self) && below(other)
             }
-        }
-    }
-
-    /// The upper bound of the rows of this span, in row-key space.
-    pub fn row_upper_bound(&self) -> Bound<Vec<u8>> {
-        match self {
-            Span::Key(k) => Bound::Included(row_key(k, u64::MAX)),
-            Span::From(_) => Bound::Unbounded,
-            Span::Between(_, end) => Bound::Excluded(row_key(end, 0)),
         }
     }
 

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use etcd_proto::etcdserverpb::{
@@ -10,21 +10,25 @@ use etcd_proto::etcdserverpb::{
 };
 use etcd_proto::fivefoldpb::MemberAttributes;
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::apply::ApplyBatch;
 use crate::error::{MvccError, StorageError};
+use crate::index::{KeyIndex, Ver};
 use crate::limits::{COMPACT_REVISION_NONE, REVISION_INITIAL};
-use crate::read::{self, ReadView};
+use crate::read::{self, ReadView, Source};
 use crate::KvError;
 
-/// Every version of every key, keyed by (key, revision); see `encoding`.
-pub(crate) const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+/// Every version of every key, keyed by revision and sub-revision; see
+/// `encoding`.
+pub(crate) const KV_BY_REV: TableDefinition<u128, &[u8]> = TableDefinition::new("kv_by_rev");
 /// Store-wide values: revisions, and opaque values of the layer above.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// The keys each revision changed, by revision: the revision-ordered index
-/// that watchers catching up from disk (and hashes) read.
-pub(crate) const REVS: TableDefinition<u64, &[u8]> = TableDefinition::new("revs");
+/// The legacy layout's rows, keyed by (key, revision); emptied into
+/// `KV_BY_REV` when a store written before that layout opens.
+pub(crate) const LEGACY_KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+/// The legacy layout's list of the keys each revision changed, in order.
+pub(crate) const LEGACY_REVS: TableDefinition<u64, &[u8]> = TableDefinition::new("revs");
 /// Published member attributes, by member id.
 pub(crate) const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
 
@@ -37,6 +41,9 @@ pub struct MvccStore {
     /// Shared by every reader and the applier; taken exclusively only to
     /// defragment (redb's compaction needs the database to itself).
     db: RwLock<Database>,
+    /// Which rows hold each key; see `index`. Readers hold it shared for the
+    /// length of a read; an apply takes it exclusively for one command.
+    index: RwLock<KeyIndex>,
     path: PathBuf,
     /// The revision of the last committed batch, for cheap status reads.
     revision: AtomicI64,
@@ -80,18 +87,27 @@ impl MvccStore {
     pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<MvccStore, StorageError> {
         let db = Database::builder().set_cache_size(cache_bytes).create(path).map_err(StorageError::from)?;
         {
-            let txn = db.begin_write()?;
-            txn.open_table(KV)?;
+            let mut txn = db.begin_write()?;
+            txn.open_table(KV_BY_REV)?;
             txn.open_table(META)?;
-            txn.open_table(REVS)?;
             txn.open_table(crate::lease::LEASES)?;
             txn.open_table(crate::lease::LEASE_KEYS)?;
             txn.open_table(crate::maintenance::ALARMS)?;
             txn.open_table(MEMBERS)?;
+            let migrated = migrate_legacy(&txn)?;
+            if migrated > 0 {
+                tracing::info!(rows = migrated, "moved the key space to the revision-keyed layout");
+                txn.set_durability(redb::Durability::Immediate)?;
+            }
             txn.commit()?;
         }
+        let index = {
+            let txn = db.begin_read()?;
+            build_index(&txn)?
+        };
         let store = MvccStore {
             db: RwLock::new(db),
+            index: RwLock::new(index),
             path: path.to_path_buf(),
             revision: AtomicI64::new(REVISION_INITIAL),
             file_bytes: AtomicU64::new(0),
@@ -108,6 +124,14 @@ impl MvccStore {
 
     pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction, redb::TransactionError> {
         self.db.read().expect("database lock").begin_write()
+    }
+
+    pub(crate) fn index(&self) -> RwLockReadGuard<'_, KeyIndex> {
+        self.index.read().expect("key index lock")
+    }
+
+    pub(crate) fn index_mut(&self) -> RwLockWriteGuard<'_, KeyIndex> {
+        self.index.write().expect("key index lock")
     }
 
     /// Returns free pages to the file system (redb's compaction). Readers and
@@ -179,24 +203,24 @@ impl MvccStore {
 
     /// Serves a Range from the last applied state.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, KvError> {
-        range_in(self.begin_read()?, req)
+        range_in(self.begin_read()?, &self.index(), req)
     }
 
     /// Serves a Txn that only reads (see `validate::txn_is_read_only`).
     pub fn read_only_txn(&self, req: &TxnRequest) -> Result<TxnResponse, KvError> {
-        read_only_txn_in(self.begin_read()?, req)
+        read_only_txn_in(self.begin_read()?, &self.index(), req)
     }
 
     /// Like `range`, but `None` at once instead of waiting while the
     /// database is taken for a defragmentation: for callers that must not
     /// block (an async worker), which then wait elsewhere.
     pub fn try_range(&self, req: &RangeRequest) -> Option<Result<RangeResponse, KvError>> {
-        self.try_read(|txn| range_in(txn, req))
+        self.try_read(|txn| range_in(txn, &self.index(), req))
     }
 
     /// `read_only_txn` that does not wait; see `try_range`.
     pub fn try_read_only_txn(&self, req: &TxnRequest) -> Option<Result<TxnResponse, KvError>> {
-        self.try_read(|txn| read_only_txn_in(txn, req))
+        self.try_read(|txn| read_only_txn_in(txn, &self.index(), req))
     }
 
     /// `read` in a read transaction, or `None` if the database is taken.
@@ -242,23 +266,37 @@ impl MvccStore {
     }
 }
 
-fn range_in(txn: redb::ReadTransaction, req: &RangeRequest) -> Result<RangeResponse, KvError> {
+fn range_in(
+    txn: redb::ReadTransaction,
+    index: &KeyIndex,
+    req: &RangeRequest,
+) -> Result<RangeResponse, KvError> {
     let (current, compacted) = read_revisions(&txn.open_table(META)?)?;
-    let kv = txn.open_table(KV)?;
-    read::range(&kv, req, ReadView { current, compacted })
+    let rows = txn.open_table(KV_BY_REV)?;
+    let src = Source { rows: &rows, index, ceiling: current as u64 };
+    read::range(&src, req, ReadView { current, compacted })
 }
 
-fn read_only_txn_in(txn: redb::ReadTransaction, req: &TxnRequest) -> Result<TxnResponse, KvError> {
+fn read_only_txn_in(
+    txn: redb::ReadTransaction,
+    index: &KeyIndex,
+    req: &TxnRequest,
+) -> Result<TxnResponse, KvError> {
     assert!(crate::validate::txn_is_read_only(req), "only read-only txns are served off the log");
     let (current, compacted) = read_revisions(&txn.open_table(META)?)?;
-    let kv = txn.open_table(KV)?;
-    read_only_txn(&kv, req, ReadView { current, compacted })
+    let rows = txn.open_table(KV_BY_REV)?;
+    let src = Source { rows: &rows, index, ceiling: current as u64 };
+    read_only_txn(&src, req, ReadView { current, compacted })
 }
 
-fn read_only_txn(kv: &impl read::Rows, req: &TxnRequest, view: ReadView) -> Result<TxnResponse, KvError> {
+fn read_only_txn(
+    src: &Source<'_, impl read::Rows>,
+    req: &TxnRequest,
+    view: ReadView,
+) -> Result<TxnResponse, KvError> {
     let mut succeeded = true;
     for c in &req.compare {
-        if !read::compare_holds(kv, c)? {
+        if !read::compare_holds(src, c)? {
             succeeded = false;
             break;
         }
@@ -268,10 +306,10 @@ fn read_only_txn(kv: &impl read::Rows, req: &TxnRequest, view: ReadView) -> Resu
     for op in ops {
         let response = match &op.request {
             Some(request_op::Request::RequestRange(r)) => {
-                response_op::Response::ResponseRange(read::range(kv, r, view)?)
+                response_op::Response::ResponseRange(read::range(src, r, view)?)
             }
             Some(request_op::Request::RequestTxn(t)) => {
-                let mut resp = read_only_txn(kv, t, view)?;
+                let mut resp = read_only_txn(src, t, view)?;
                 resp.header = Some(ResponseHeader { revision: view.current, ..Default::default() });
                 response_op::Response::ResponseTxn(resp)
             }
@@ -284,4 +322,62 @@ fn read_only_txn(kv: &impl read::Rows, req: &TxnRequest, view: ReadView) -> Resu
         succeeded,
         responses,
     })
+}
+
+/// Builds the key index from every committed row, in revision order.
+pub(crate) fn build_index(txn: &redb::ReadTransaction) -> Result<KeyIndex, StorageError> {
+    let (_, compacted) = read_revisions(&txn.open_table(META)?)?;
+    let mut index = KeyIndex::new(compacted);
+    for row in txn.open_table(KV_BY_REV)?.iter()? {
+        let (row_key, value) = row?;
+        let (rev, sub) = crate::encoding::split_rev_row(row_key.value());
+        let value = value.value();
+        let key = crate::encoding::row_key_of(value)?;
+        index.push(key, Ver { rev, sub, tombstone: crate::encoding::row_is_tombstone(value) });
+    }
+    Ok(index)
+}
+
+/// Moves the rows of a store written in the legacy layout (keyed by key,
+/// then revision) into `KV_BY_REV`, in the write transaction `txn`; returns
+/// the number of rows moved (0 when there were none). A row's sub-revision
+/// is its key's position in its revision's list of changed keys; compaction
+/// removed the lists below the compacted revision, and rows there take the
+/// positions after the listed ones, in key order. Every member holding the
+/// same legacy state makes the same rows.
+pub(crate) fn migrate_legacy(txn: &redb::WriteTransaction) -> Result<u64, StorageError> {
+    let mut legacy = txn.open_table(LEGACY_KV)?;
+    if legacy.is_empty()? {
+        return Ok(0);
+    }
+    let revs = txn.open_table(LEGACY_REVS)?;
+    let mut rows = txn.open_table(KV_BY_REV)?;
+    let mut unlisted: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
+    let mut moved = 0;
+    for row in legacy.iter()? {
+        let (row_key, value) = row?;
+        let (key, rev) = crate::encoding::split_row_key(row_key.value())?;
+        let listed = match revs.get(rev)? {
+            Some(keys) => crate::encoding::decode_keys(keys.value())?,
+            None => Vec::new(),
+        };
+        let sub = match listed.iter().position(|k| *k == key) {
+            Some(i) => i as u32,
+            None => {
+                let next = unlisted.entry(rev).or_insert(listed.len() as u32);
+                *next += 1;
+                *next - 1
+            }
+        };
+        let version = crate::encoding::Version::decode(value.value())?;
+        rows.insert(
+            crate::encoding::rev_row(rev, sub),
+            crate::encoding::encode_row(&key, &version).as_slice(),
+        )?;
+        moved += 1;
+    }
+    legacy.retain(|_, _| false)?;
+    drop(revs);
+    txn.open_table(LEGACY_REVS)?.retain(|_, _| false)?;
+    Ok(moved)
 }

@@ -387,3 +387,98 @@ fn an_alarm_raised_or_cleared_in_a_batch_applies_to_the_writes_after_it() {
     assert_eq!(get(&store, "during", 0).unwrap(), None);
     assert_eq!(get(&store, "after", 0).unwrap().as_deref(), Some("v"));
 }
+
+#[test]
+fn a_batch_that_does_not_commit_leaves_no_trace() {
+    let (_dir, store) = open();
+    put(&store, "a", "1"); // rev 2
+    {
+        let mut batch = store.begin_apply().unwrap();
+        for (key, value) in [("a", "2"), ("b", "1")] {
+            let req = PutRequest { key: key.into(), value: value.into(), ..Default::default() };
+            batch.apply(&Command { kind: Some(command::Kind::Put(req)) }).unwrap();
+        }
+        // Dropped: an engine failure before the commit ends a batch this way.
+    }
+    assert_eq!(store.revision(), 2);
+    assert_eq!(get(&store, "a", 0).unwrap().as_deref(), Some("1"));
+    assert_eq!(get(&store, "b", 0).unwrap(), None);
+    // The revisions the dropped batch used are taken again, cleanly.
+    assert_eq!(put(&store, "b", "x").revision, 3);
+    let all =
+        store.range(&RangeRequest { key: "a".into(), range_end: "c".into(), ..Default::default() }).unwrap();
+    let got: Vec<(Vec<u8>, i64, i64)> =
+        all.kvs.iter().map(|kv| (kv.key.clone(), kv.mod_revision, kv.version)).collect();
+    assert_eq!(got, [(b"a".to_vec(), 2, 1), (b"b".to_vec(), 3, 1)]);
+}
+
+#[test]
+fn a_store_in_the_legacy_layout_is_migrated_on_open() {
+    use mvcc::encoding::{encode_keys, row_key, Version};
+    use redb::TableDefinition;
+    const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+    const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+    const REVS: TableDefinition<u64, &[u8]> = TableDefinition::new("revs");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mvcc.redb");
+    {
+        // rev 2 put a=1, rev 3 put b=1, rev 4 a txn putting c=1 then a=2,
+        // rev 5 delete b; compacted at 3, so rev 2's key list is gone.
+        let live = |create, version, value: &str| Version {
+            tombstone: false,
+            create_revision: create,
+            version,
+            lease: 0,
+            value: value.into(),
+        };
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut kv = txn.open_table(KV).unwrap();
+            for (key, rev, version) in [
+                ("a", 2, live(2, 1, "1")),
+                ("b", 3, live(3, 1, "1")),
+                ("a", 4, live(2, 2, "2")),
+                ("c", 4, live(4, 1, "1")),
+                ("b", 5, Version::tombstone()),
+            ] {
+                kv.insert(row_key(key.as_bytes(), rev).as_slice(), version.encode().as_slice()).unwrap();
+            }
+            let mut revs = txn.open_table(REVS).unwrap();
+            revs.insert(3, encode_keys(&[b"b"]).as_slice()).unwrap();
+            revs.insert(4, encode_keys(&[b"c", b"a"]).as_slice()).unwrap();
+            revs.insert(5, encode_keys(&[b"b"]).as_slice()).unwrap();
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert("revision", 5i64.to_be_bytes().as_slice()).unwrap();
+            meta.insert("compact_revision", 3i64.to_be_bytes().as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = MvccStore::open(&path).unwrap();
+    assert_eq!(store.revision(), 5);
+    assert_eq!(get(&store, "a", 0).unwrap().as_deref(), Some("2"));
+    assert_eq!(get(&store, "a", 3).unwrap().as_deref(), Some("1"));
+    assert_eq!(get(&store, "b", 0).unwrap(), None);
+    assert_eq!(get(&store, "b", 4).unwrap().as_deref(), Some("1"));
+    assert_eq!(get(&store, "c", 0).unwrap().as_deref(), Some("1"));
+    assert_eq!(get(&store, "a", 2), Err(MvccError::Compacted));
+    let history = store.history(3, 5, 100).unwrap();
+    let seen: Vec<(Vec<u8>, i64)> = history
+        .events
+        .iter()
+        .map(|e| {
+            let kv = e.kv.as_ref().unwrap();
+            (kv.key.clone(), kv.mod_revision)
+        })
+        .collect();
+    let want: Vec<(Vec<u8>, i64)> =
+        vec![(b"b".to_vec(), 3), (b"c".to_vec(), 4), (b"a".to_vec(), 4), (b"b".to_vec(), 5)];
+    assert_eq!(seen, want, "a revision's changes keep their order");
+    assert_eq!(history.events[2].prev_kv.as_ref().unwrap().value, b"1");
+    assert_eq!(put(&store, "a", "3").revision, 6);
+    drop(store);
+    // Opening again finds nothing left to move and the same state.
+    let store = MvccStore::open(&path).unwrap();
+    assert_eq!(get(&store, "a", 0).unwrap().as_deref(), Some("3"));
+    assert_eq!(get(&store, "a", 5).unwrap().as_deref(), Some("2"));
+}
