@@ -204,10 +204,13 @@ impl<'s> ApplyBatch<'s> {
         }
         let durability = if durable { Durability::Immediate } else { Durability::None };
         self.txn.set_durability(durability)?;
+        // A compaction's rows go and its index versions go under the index's
+        // write lock, so no reader pairs one state with the other.
+        let index = self.compact_at.map(|at| (at, self.store.index_mut()));
         self.txn.commit()?;
         self.undo.armed = false;
-        if let Some(at) = self.compact_at {
-            self.store.index_mut().compact(at);
+        if let Some((at, mut index)) = index {
+            index.compact(at);
         }
         self.store.note_commit(self.revision);
         Ok(Committed {

@@ -23,19 +23,19 @@ impl MvccStore {
     /// revision that reaches `events_max` (so one revision is never split).
     /// `from` below the compacted revision fails with `Compacted`.
     pub fn history(&self, from: i64, to: i64, events_max: usize) -> Result<History, KvError> {
-        let txn = self.begin_read()?;
+        let pair = self.read_pair()?;
+        let txn = &pair.txn;
         let (current, compacted) = read_revisions(&txn.open_table(META)?)?;
         if from < compacted {
             return Err(MvccError::Compacted.into());
         }
         let to = to.min(current);
         let mut out = History { events: Vec::new(), next: from };
-        if from > to {
+        if from > to || to < 1 {
             return Ok(out);
         }
         let rows = txn.open_table(KV_BY_REV)?;
-        let index = self.index();
-        let src = Source { rows: &rows, index: &index, ceiling: current as u64 };
+        let src = Source { rows: &rows, index: &pair.index, ceiling: current as u64 };
         let mut last_rev = None;
         for row in rows.range(rev_row(from.max(0) as u64, 0)..=rev_row(to as u64, u32::MAX))? {
             let (row_key, stored) = row?;

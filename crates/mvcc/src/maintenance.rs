@@ -7,7 +7,7 @@ use etcd_proto::etcdserverpb::{
 };
 use redb::{ReadableTable, Table, TableDefinition};
 
-use crate::encoding::rev_row;
+use crate::encoding::{rev_row, row_key_of, split_rev_row};
 use crate::error::{MvccError, StorageError};
 use crate::store::{read_revisions, MvccStore, KV_BY_REV, META};
 use crate::KvError;
@@ -19,7 +19,8 @@ pub(crate) const ALARMS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("a
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvHash {
     /// CRC-32 over every stored version at or below `hash_revision`, in
-    /// revision order: identical on members that applied the same log.
+    /// revision order and in key order within a revision: identical on
+    /// members that applied the same log.
     pub hash: u32,
     pub hash_revision: i64,
     pub compact_revision: i64,
@@ -97,10 +98,32 @@ impl MvccStore {
             return Err(MvccError::Compacted.into());
         }
         let mut crc = crc32fast::Hasher::new();
+        // Each revision's rows are hashed in key order with the revision, not
+        // the sub-revision: stores moved from the legacy layout may number a
+        // revision's changes differently on different members.
+        let mut revision_rows: Vec<Vec<u8>> = Vec::new();
+        let mut revision = None;
+        let hash_revision = |crc: &mut crc32fast::Hasher, rev: u64, rows: &mut Vec<Vec<u8>>| {
+            rows.sort_unstable_by(|a, b| {
+                row_key_of(a).unwrap_or_default().cmp(row_key_of(b).unwrap_or_default())
+            });
+            for row in rows.drain(..) {
+                crc.update(&rev.to_be_bytes());
+                crc.update(&row);
+            }
+        };
         for row in txn.open_table(KV_BY_REV)?.range(..=rev_row(at as u64, u32::MAX))? {
             let (key, value) = row?;
-            crc.update(&key.value().to_be_bytes());
-            crc.update(value.value());
+            let (rev, _) = split_rev_row(key.value());
+            row_key_of(value.value())?;
+            if let Some(previous) = revision.filter(|&r| r != rev) {
+                hash_revision(&mut crc, previous, &mut revision_rows);
+            }
+            revision = Some(rev);
+            revision_rows.push(value.value().to_vec());
+        }
+        if let Some(last) = revision {
+            hash_revision(&mut crc, last, &mut revision_rows);
         }
         Ok(KvHash {
             hash: crc.finalize(),

@@ -28,23 +28,28 @@ pub struct Source<'a, R: Rows> {
     pub ceiling: u64,
 }
 
+/// The stored version the index names, with its revision.
+pub fn fetch(rows: &impl Rows, key: &[u8], ver: Ver) -> Result<(u64, Version), StorageError> {
+    let Some(row) = rows.get(ver.row())? else {
+        return Err(StorageError(format!(
+            "the key index names revision {}.{} but it has no row: the index and the rows disagree",
+            ver.rev, ver.sub
+        )));
+    };
+    let (stored_key, version) = decode_row(row.value())?;
+    if stored_key != key {
+        return Err(StorageError(format!(
+            "row {}.{} holds another key than the index says",
+            ver.rev, ver.sub
+        )));
+    }
+    Ok((ver.rev, version))
+}
+
 impl<R: Rows> Source<'_, R> {
-    /// The stored version the index names, with its key.
+    /// The stored version the index names, with its revision.
     pub fn fetch(&self, key: &[u8], ver: Ver) -> Result<(u64, Version), StorageError> {
-        let Some(row) = self.rows.get(ver.row())? else {
-            return Err(StorageError(format!(
-                "the key index names revision {}.{} but it has no row: the index and the rows disagree",
-                ver.rev, ver.sub
-            )));
-        };
-        let (stored_key, version) = decode_row(row.value())?;
-        if stored_key != key {
-            return Err(StorageError(format!(
-                "row {}.{} holds another key than the index says",
-                ver.rev, ver.sub
-            )));
-        }
-        Ok((ver.rev, version))
+        fetch(self.rows, key, ver)
     }
 
     /// The newest version of `key` at or below revision `at`, deletions
@@ -105,19 +110,28 @@ pub struct ReadView {
     pub compacted: i64,
 }
 
-/// Serves a Range with etcd's semantics: count over the whole span, filters, then
-/// sort, then limit with `more`.
-pub fn range(
-    src: &Source<'_, impl Rows>,
+/// What the key index says a Range returns: how many keys match, and the
+/// versions whose rows make the response.
+pub struct RangePlan {
+    count: i64,
+    hits: Vec<(Vec<u8>, Ver)>,
+}
+
+/// The index half of a Range: checks the request and revision, counts the
+/// span at the revision, and picks the versions to read (all of them when
+/// filtering or sorting, else `limit + 1`, none for `count_only`).
+pub fn plan_range(
+    index: &KeyIndex,
+    ceiling: u64,
     req: &RangeRequest,
     view: ReadView,
-) -> Result<RangeResponse, KvError> {
+) -> Result<RangePlan, KvError> {
     crate::validate::check_range(req)?;
     if req.revision > view.current {
         return Err(MvccError::FutureRevision.into());
     }
     let at = if req.revision <= 0 { view.current } else { req.revision };
-    if at < view.compacted.max(src.index.compacted()) {
+    if at < view.compacted.max(index.compacted()) {
         return Err(MvccError::Compacted.into());
     }
     let span = Span::new(&req.key, &req.range_end);
@@ -125,38 +139,40 @@ pub fn range(
         || req.max_mod_revision != 0
         || req.min_create_revision != 0
         || req.max_create_revision != 0;
-    let sort_order = effective_sort_order(req);
-    // Without filters or sorting, only limit+1 key-values need to be kept.
-    let keep_max = match (req.limit, filtered || sort_order.is_some()) {
+    // Without filters or sorting, only limit+1 key-values need to be read.
+    let keep_max = match (req.limit, filtered || effective_sort_order(req).is_some()) {
+        _ if req.count_only => 0,
         (limit, false) if limit > 0 => limit as usize + 1,
         _ => usize::MAX,
     };
-    // Counting needs only the index; rows are read for the key-values kept.
-    let mut count: i64 = 0;
-    let mut kvs: Vec<KeyValue> = Vec::new();
-    let mut failed = None;
-    src.index.for_each_live(&span, (at as u64).min(src.ceiling), |key, ver| {
-        count += 1;
-        if !req.count_only && kvs.len() < keep_max {
-            match src.fetch(key, ver) {
-                Ok((rev, v)) => {
-                    let kv = key_value(key.to_vec(), rev, v);
-                    if passes_filters(req, &kv) {
-                        kvs.push(kv);
-                    }
-                }
-                Err(e) => {
-                    failed = Some(e);
-                    return false;
-                }
-            }
+    let mut plan = RangePlan { count: 0, hits: Vec::new() };
+    index.for_each_live(&span, (at as u64).min(ceiling), |key, ver| {
+        plan.count += 1;
+        if plan.hits.len() < keep_max {
+            plan.hits.push((key.to_vec(), ver));
         }
         true
     });
-    if let Some(e) = failed {
-        return Err(e.into());
+    Ok(plan)
+}
+
+/// The rows half of a Range: reads the planned versions from `rows`, then
+/// filters, sorts and limits with etcd's semantics.
+pub fn finish_range(
+    rows: &impl Rows,
+    req: &RangeRequest,
+    view: ReadView,
+    plan: RangePlan,
+) -> Result<RangeResponse, KvError> {
+    let mut kvs = Vec::with_capacity(plan.hits.len());
+    for (key, ver) in plan.hits {
+        let (rev, version) = fetch(rows, &key, ver)?;
+        let kv = key_value(key, rev, version);
+        if passes_filters(req, &kv) {
+            kvs.push(kv);
+        }
     }
-    if let Some(order) = sort_order {
+    if let Some(order) = effective_sort_order(req) {
         sort_kvs(&mut kvs, req.sort_target, order);
     }
     let mut more = false;
@@ -173,8 +189,19 @@ pub fn range(
         header: Some(ResponseHeader { revision: view.current, ..Default::default() }),
         kvs,
         more,
-        count,
+        count: plan.count,
     })
+}
+
+/// Serves a Range with etcd's semantics: count over the whole span, filters, then
+/// sort, then limit with `more`.
+pub fn range(
+    src: &Source<'_, impl Rows>,
+    req: &RangeRequest,
+    view: ReadView,
+) -> Result<RangeResponse, KvError> {
+    let plan = plan_range(src.index, src.ceiling, req, view)?;
+    finish_range(src.rows, req, view, plan)
 }
 
 fn passes_filters(req: &RangeRequest, kv: &KeyValue) -> bool {

@@ -14,7 +14,10 @@ use crate::lease::{LEASES, LEASE_KEYS};
 use crate::maintenance::ALARMS;
 use crate::store::{MvccStore, KV_BY_REV, LEGACY_KV, LEGACY_REVS, MEMBERS, META};
 
-const MAGIC: &[u8] = b"FIVEFOLD-MVCC-SNAPSHOT-1\n";
+/// The stream's first line. Version 2 holds revision-keyed rows; version 1
+/// (the legacy layout) is still read.
+const MAGIC: &[u8] = b"FIVEFOLD-MVCC-SNAPSHOT-2\n";
+const MAGIC_V1: &[u8] = b"FIVEFOLD-MVCC-SNAPSHOT-1\n";
 /// A row of the legacy layout (key, revision); read, no longer written.
 const TAG_LEGACY_KV: u8 = 1;
 const TAG_META: u8 = 2;
@@ -178,7 +181,8 @@ impl MvccStore {
     /// On any error the old state stays as it was.
     pub fn install_snapshot(&self, input: impl Read) -> Result<SnapshotSummary, StorageError> {
         let mut r = CrcReader { inner: input, crc: crc32fast::Hasher::new(), bytes: 0 };
-        if r.take(MAGIC.len())? != MAGIC {
+        let magic = r.take(MAGIC.len())?;
+        if magic != MAGIC && magic != MAGIC_V1 {
             return Err(StorageError("not a fivefold snapshot (bad magic)".into()));
         }
         let mut txn = self.begin_write()?;
@@ -261,22 +265,15 @@ impl MvccStore {
         }
         // A snapshot from a member still on the legacy layout.
         crate::store::migrate_legacy(&txn)?;
+        // The new index is built before the commit, so a failure leaves the
+        // old state and index as they were.
+        let rebuilt = crate::store::build_index(&txn.open_table(META)?, &txn.open_table(KV_BY_REV)?)?;
         txn.set_durability(redb::Durability::Immediate)?;
-        // Readers wait while the index is rebuilt, so none sees new rows
-        // through the old index.
+        // Readers take the index before their transaction: none pairs the
+        // new rows with the old index or the reverse.
         let mut index = self.index_mut();
         txn.commit()?;
-        let rebuilt = {
-            let read = self.begin_read()?;
-            crate::store::build_index(&read)
-        };
-        match rebuilt {
-            Ok(rebuilt) => *index = rebuilt,
-            Err(e) => {
-                *index = crate::index::KeyIndex::default();
-                return Err(e);
-            }
-        }
+        *index = rebuilt;
         drop(index);
         let (revision, _) = self.revisions()?;
         self.reset_revision(revision);

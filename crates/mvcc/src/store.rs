@@ -103,7 +103,7 @@ impl MvccStore {
         }
         let index = {
             let txn = db.begin_read()?;
-            build_index(&txn)?
+            build_index(&txn.open_table(META)?, &txn.open_table(KV_BY_REV)?)?
         };
         let store = MvccStore {
             db: RwLock::new(db),
@@ -201,35 +201,46 @@ impl MvccStore {
         Ok(())
     }
 
+    /// A read transaction with the key index as it stands: the index is
+    /// taken first and the transaction begun under it, so the index covers
+    /// every row the transaction holds and no compaction or snapshot install
+    /// can come between the two (both change the index and the rows under
+    /// the index's write lock).
+    pub(crate) fn read_pair(&self) -> Result<ReadPair<'_>, redb::TransactionError> {
+        let db = self.db.read().expect("database lock");
+        let index = self.index();
+        let txn = db.begin_read()?;
+        Ok(ReadPair { txn, index })
+    }
+
+    /// `read_pair`, or `None` at once if the database (defragmenting) or the
+    /// index (an apply or install) is taken.
+    fn try_read_pair(&self) -> Option<Result<ReadPair<'_>, redb::TransactionError>> {
+        let db = self.db.try_read().ok()?;
+        let index = self.index.try_read().ok()?;
+        Some(db.begin_read().map(|txn| ReadPair { txn, index }))
+    }
+
     /// Serves a Range from the last applied state.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, KvError> {
-        range_in(self.begin_read()?, &self.index(), req)
+        range_in(self.read_pair()?, req)
     }
 
     /// Serves a Txn that only reads (see `validate::txn_is_read_only`).
     pub fn read_only_txn(&self, req: &TxnRequest) -> Result<TxnResponse, KvError> {
-        read_only_txn_in(self.begin_read()?, &self.index(), req)
+        read_only_txn_in(self.read_pair()?, req)
     }
 
     /// Like `range`, but `None` at once instead of waiting while the
-    /// database is taken for a defragmentation: for callers that must not
-    /// block (an async worker), which then wait elsewhere.
+    /// database or the key index is taken: for callers that must not block
+    /// (an async worker), which then wait elsewhere.
     pub fn try_range(&self, req: &RangeRequest) -> Option<Result<RangeResponse, KvError>> {
-        self.try_read(|txn| range_in(txn, &self.index(), req))
+        Some(self.try_read_pair()?.map_err(KvError::from).and_then(|pair| range_in(pair, req)))
     }
 
     /// `read_only_txn` that does not wait; see `try_range`.
     pub fn try_read_only_txn(&self, req: &TxnRequest) -> Option<Result<TxnResponse, KvError>> {
-        self.try_read(|txn| read_only_txn_in(txn, &self.index(), req))
-    }
-
-    /// `read` in a read transaction, or `None` if the database is taken.
-    fn try_read<T>(
-        &self,
-        read: impl FnOnce(redb::ReadTransaction) -> Result<T, KvError>,
-    ) -> Option<Result<T, KvError>> {
-        let txn = self.db.try_read().ok()?.begin_read();
-        Some(txn.map_err(KvError::from).and_then(read))
+        Some(self.try_read_pair()?.map_err(KvError::from).and_then(|pair| read_only_txn_in(pair, req)))
     }
 
     /// Reads a value stored by the layer above with `ApplyBatch::put_meta`.
@@ -266,26 +277,30 @@ impl MvccStore {
     }
 }
 
-fn range_in(
-    txn: redb::ReadTransaction,
-    index: &KeyIndex,
-    req: &RangeRequest,
-) -> Result<RangeResponse, KvError> {
-    let (current, compacted) = read_revisions(&txn.open_table(META)?)?;
-    let rows = txn.open_table(KV_BY_REV)?;
-    let src = Source { rows: &rows, index, ceiling: current as u64 };
-    read::range(&src, req, ReadView { current, compacted })
+/// A read transaction and the key index, taken together (`read_pair`).
+pub(crate) struct ReadPair<'s> {
+    pub txn: redb::ReadTransaction,
+    pub index: RwLockReadGuard<'s, KeyIndex>,
 }
 
-fn read_only_txn_in(
-    txn: redb::ReadTransaction,
-    index: &KeyIndex,
-    req: &TxnRequest,
-) -> Result<TxnResponse, KvError> {
+/// A Range: the keys are found with the index held, then the index is let
+/// go (an apply may go on) while their rows are read from the transaction,
+/// which still holds every row found.
+fn range_in(pair: ReadPair<'_>, req: &RangeRequest) -> Result<RangeResponse, KvError> {
+    let (current, compacted) = read_revisions(&pair.txn.open_table(META)?)?;
+    let view = ReadView { current, compacted };
+    let plan = read::plan_range(&pair.index, current as u64, req, view)?;
+    drop(pair.index);
+    read::finish_range(&pair.txn.open_table(KV_BY_REV)?, req, view, plan)
+}
+
+/// A read-only Txn, with the index held throughout (its compares and ranges
+/// are usually a few keys).
+fn read_only_txn_in(pair: ReadPair<'_>, req: &TxnRequest) -> Result<TxnResponse, KvError> {
     assert!(crate::validate::txn_is_read_only(req), "only read-only txns are served off the log");
-    let (current, compacted) = read_revisions(&txn.open_table(META)?)?;
-    let rows = txn.open_table(KV_BY_REV)?;
-    let src = Source { rows: &rows, index, ceiling: current as u64 };
+    let (current, compacted) = read_revisions(&pair.txn.open_table(META)?)?;
+    let rows = pair.txn.open_table(KV_BY_REV)?;
+    let src = Source { rows: &rows, index: &pair.index, ceiling: current as u64 };
     read_only_txn(&src, req, ReadView { current, compacted })
 }
 
@@ -325,12 +340,20 @@ fn read_only_txn(
 }
 
 /// Builds the key index from every committed row, in revision order.
-pub(crate) fn build_index(txn: &redb::ReadTransaction) -> Result<KeyIndex, StorageError> {
-    let (_, compacted) = read_revisions(&txn.open_table(META)?)?;
+pub(crate) fn build_index(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    rows: &impl ReadableTable<u128, &'static [u8]>,
+) -> Result<KeyIndex, StorageError> {
+    let (current, compacted) = read_revisions(meta)?;
     let mut index = KeyIndex::new(compacted);
-    for row in txn.open_table(KV_BY_REV)?.iter()? {
+    for row in rows.iter()? {
         let (row_key, value) = row?;
         let (rev, sub) = crate::encoding::split_rev_row(row_key.value());
+        if rev > current as u64 {
+            return Err(StorageError(format!(
+                "a row at revision {rev} is above the store's revision {current}: the data is corrupt"
+            )));
+        }
         let value = value.value();
         let key = crate::encoding::row_key_of(value)?;
         index.push(key, Ver { rev, sub, tombstone: crate::encoding::row_is_tombstone(value) });
@@ -342,42 +365,48 @@ pub(crate) fn build_index(txn: &redb::ReadTransaction) -> Result<KeyIndex, Stora
 /// then revision) into `KV_BY_REV`, in the write transaction `txn`; returns
 /// the number of rows moved (0 when there were none). A row's sub-revision
 /// is its key's position in its revision's list of changed keys; compaction
-/// removed the lists below the compacted revision, and rows there take the
-/// positions after the listed ones, in key order. Every member holding the
-/// same legacy state makes the same rows.
+/// removed the lists below the compacted revision, and rows there are
+/// numbered in key order. (Members that moved at different compaction points
+/// may number a revision below the compacted one differently; HashKV hashes
+/// a revision's rows in key order, and history below the compacted revision
+/// is never read.)
 pub(crate) fn migrate_legacy(txn: &redb::WriteTransaction) -> Result<u64, StorageError> {
+    use crate::encoding::{decode_keys, encode_row, rev_row, row_key, split_row_key, Version};
     let mut legacy = txn.open_table(LEGACY_KV)?;
     if legacy.is_empty()? {
         return Ok(0);
     }
-    let revs = txn.open_table(LEGACY_REVS)?;
+    let mut revs = txn.open_table(LEGACY_REVS)?;
     let mut rows = txn.open_table(KV_BY_REV)?;
-    let mut unlisted: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
     let mut moved = 0;
+    // Listed revisions: each listed key's row, in list order.
+    for listed in revs.iter()? {
+        let (rev, keys) = listed?;
+        let rev = rev.value();
+        for (sub, key) in decode_keys(keys.value())?.iter().enumerate() {
+            // A delete exactly at the compacted revision was compacted away.
+            if let Some(stored) = legacy.get(row_key(key, rev).as_slice())? {
+                let version = Version::decode(stored.value())?;
+                rows.insert(rev_row(rev, sub as u32), encode_row(key, &version).as_slice())?;
+                moved += 1;
+            }
+        }
+    }
+    // Rows whose revision has no list: numbered in key order.
+    let mut next_sub: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
     for row in legacy.iter()? {
         let (row_key, value) = row?;
-        let (key, rev) = crate::encoding::split_row_key(row_key.value())?;
-        let listed = match revs.get(rev)? {
-            Some(keys) => crate::encoding::decode_keys(keys.value())?,
-            None => Vec::new(),
-        };
-        let sub = match listed.iter().position(|k| *k == key) {
-            Some(i) => i as u32,
-            None => {
-                let next = unlisted.entry(rev).or_insert(listed.len() as u32);
-                *next += 1;
-                *next - 1
-            }
-        };
-        let version = crate::encoding::Version::decode(value.value())?;
-        rows.insert(
-            crate::encoding::rev_row(rev, sub),
-            crate::encoding::encode_row(&key, &version).as_slice(),
-        )?;
+        let (key, rev) = split_row_key(row_key.value())?;
+        if revs.get(rev)?.is_some() {
+            continue;
+        }
+        let sub = next_sub.entry(rev).or_insert(0);
+        let version = Version::decode(value.value())?;
+        rows.insert(rev_row(rev, *sub), encode_row(&key, &version).as_slice())?;
+        *sub += 1;
         moved += 1;
     }
     legacy.retain(|_, _| false)?;
-    drop(revs);
-    txn.open_table(LEGACY_REVS)?.retain(|_, _| false)?;
+    revs.retain(|_, _| false)?;
     Ok(moved)
 }
