@@ -70,10 +70,44 @@ impl<'w, 't> Writer<'w, 't> {
         Source { rows: &*self.kv, index: &*self.index, ceiling: u64::MAX }
     }
 
-    fn write(&mut self, key: &[u8], version: &Version) -> Result<(), StorageError> {
-        self.kv.insert(rev_row(self.rev, self.sub), encode_row(key, version).as_slice())?;
-        self.index.push(key, Ver { rev: self.rev, sub: self.sub, tombstone: version.tombstone });
+    /// Writes a deletion of `key`.
+    fn write_tombstone(&mut self, key: &[u8]) -> Result<(), StorageError> {
+        self.index(key, true);
+        self.append(key, &Version::tombstone())
+    }
+
+    /// Writes the version of `key` that `make` builds from the key's live
+    /// version before it (`None`: absent or deleted); returns that previous
+    /// version and the new one. One index lookup finds the previous version
+    /// and records the new one.
+    fn write_put(
+        &mut self,
+        key: &[u8],
+        make: impl FnOnce(Option<&KeyValue>) -> Version,
+    ) -> Result<(Option<KeyValue>, Version), StorageError> {
+        let prev = match self.index(key, false) {
+            Some(before) if !before.tombstone => {
+                let (rev, version) = read::fetch(&*self.kv, key, before)?;
+                Some(read::key_value(key.to_vec(), rev, version))
+            }
+            _ => None,
+        };
+        let version = make(prev.as_ref());
+        self.append(key, &version)?;
+        Ok((prev, version))
+    }
+
+    /// Indexes the next change of `key` (recorded for undo) and returns the
+    /// version it follows.
+    fn index(&mut self, key: &[u8], tombstone: bool) -> Option<Ver> {
         self.touched.push(key.to_vec());
+        self.index.push(key, Ver { rev: self.rev, sub: self.sub, tombstone })
+    }
+
+    /// Appends the row of the change just indexed and moves to the next
+    /// sub-revision.
+    fn append(&mut self, key: &[u8], version: &Version) -> Result<(), StorageError> {
+        self.kv.insert(rev_row(self.rev, self.sub), encode_row(key, version).as_slice())?;
         self.sub =
             self.sub.checked_add(1).ok_or_else(|| StorageError("too many changes in one revision".into()))?;
         Ok(())
@@ -371,22 +405,20 @@ fn check_put_state(
 }
 
 fn put(w: &mut Writer<'_, '_>, req: &PutRequest, events: &mut Vec<Event>) -> Result<PutResponse, KvError> {
-    let prev = w.src().live_at(&req.key, u64::MAX)?;
     let rev = w.rev;
-    let version = Version {
+    let (prev, version) = w.write_put(&req.key, |prev| Version {
         tombstone: false,
-        create_revision: prev.as_ref().map_or(rev as i64, |p| p.create_revision),
-        version: prev.as_ref().map_or(1, |p| p.version + 1),
-        lease: match (&prev, req.ignore_lease) {
+        create_revision: prev.map_or(rev as i64, |p| p.create_revision),
+        version: prev.map_or(1, |p| p.version + 1),
+        lease: match (prev, req.ignore_lease) {
             (Some(p), true) => p.lease,
             _ => req.lease,
         },
-        value: match (&prev, req.ignore_value) {
+        value: match (prev, req.ignore_value) {
             (Some(p), true) => p.value.clone(),
             _ => req.value.clone(),
         },
-    };
-    w.write(&req.key, &version)?;
+    })?;
     let written = read::key_value(req.key.clone(), rev, version);
     events.push(Event { r#type: event::EventType::Put as i32, kv: Some(written), prev_kv: prev.clone() });
     Ok(PutResponse { header: None, prev_kv: if req.prev_kv { prev } else { None } })
@@ -403,9 +435,8 @@ fn delete_range(
         doomed.push(found);
         true
     })?;
-    let tombstone = Version::tombstone();
     for found in &doomed {
-        w.write(&found.key, &tombstone)?;
+        w.write_tombstone(&found.key)?;
         let gone = KeyValue { key: found.key.clone(), mod_revision: w.rev as i64, ..Default::default() };
         events.push(Event {
             r#type: event::EventType::Delete as i32,

@@ -12,7 +12,18 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+use smallvec::SmallVec;
+
 use crate::span::Span;
+
+/// Key bytes kept inline in the map's nodes up to this length: a lookup
+/// compares keys without following a pointer per comparison (etcd's
+/// benchmark keys are 8 bytes). Longer keys live on the heap.
+const KEY_INLINE_BYTES: usize = 16;
+type IndexKey = SmallVec<[u8; KEY_INLINE_BYTES]>;
+/// A key's versions, the first inline: a key written once (after
+/// compaction, most keys) needs no allocation of its own.
+type Versions = SmallVec<[Ver; 1]>;
 
 /// Where one version of a key lives: its row's revision and sub-revision (the
 /// change's position within its revision), and whether it is a deletion.
@@ -33,7 +44,7 @@ impl Ver {
 /// Every key's versions, oldest first.
 #[derive(Debug, Default)]
 pub struct KeyIndex {
-    keys: BTreeMap<Box<[u8]>, Vec<Ver>>,
+    keys: BTreeMap<IndexKey, Versions>,
     /// The revision the index was last compacted at: versions that only a
     /// read below it could see are gone.
     compacted: i64,
@@ -106,20 +117,23 @@ impl KeyIndex {
         }
     }
 
-    /// Records a new version of `key`. Versions of a key arrive in revision
-    /// order.
-    pub fn push(&mut self, key: &[u8], ver: Ver) {
+    /// Records a new version of `key` and returns the one it follows (the
+    /// key's newest until now), in one lookup. Versions of a key arrive in
+    /// revision order.
+    pub fn push(&mut self, key: &[u8], ver: Ver) -> Option<Ver> {
         match self.keys.get_mut(key) {
             Some(versions) => {
-                let last = versions.last().expect("an indexed key has a version");
+                let last = *versions.last().expect("an indexed key has a version");
                 assert!(
                     (last.rev, last.sub) < (ver.rev, ver.sub),
                     "a key's versions are indexed in revision order"
                 );
                 versions.push(ver);
+                Some(last)
             }
             None => {
-                self.keys.insert(key.into(), vec![ver]);
+                self.keys.insert(IndexKey::from_slice(key), smallvec::smallvec![ver]);
+                None
             }
         }
     }
