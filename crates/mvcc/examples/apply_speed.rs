@@ -40,11 +40,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut applied = 0;
     while applied < PUTS {
         let mut batch = store.begin_apply()?;
-        for _ in 0..per_batch {
-            let put = PutRequest { key: random_key(), value: vec![7; VALUE_BYTES], ..Default::default() };
-            batch.apply(&Command { kind: Some(command::Kind::Put(put)) })?;
-            applied += 1;
-        }
+        let commands: Vec<Command> = (0..per_batch)
+            .map(|_| {
+                let put = PutRequest { key: random_key(), value: vec![7; VALUE_BYTES], ..Default::default() };
+                Command { kind: Some(command::Kind::Put(put)) }
+            })
+            .collect();
+        batch.apply_all(&commands)?;
+        applied += per_batch;
         batch.put_meta("ext/applied", &applied.to_be_bytes())?;
         let durable = last_durable.elapsed() >= DURABLE_EVERY;
         let commit_started = Instant::now();

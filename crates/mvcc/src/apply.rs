@@ -116,8 +116,14 @@ impl<'w, 't> Writer<'w, 't> {
 
 /// A batch of commands applied in one engine transaction.
 pub struct ApplyBatch<'s> {
-    store: &'s MvccStore,
     txn: WriteTransaction,
+    state: BatchState<'s>,
+}
+
+/// Everything of a batch but its transaction, so that a command can borrow
+/// the transaction's key table and the state apart.
+struct BatchState<'s> {
+    store: &'s MvccStore,
     revision: i64,
     compacted: i64,
     /// Every change of the batch, in revision order, for watchers.
@@ -158,9 +164,8 @@ impl<'s> ApplyBatch<'s> {
         let txn = store.begin_write()?;
         let (revision, compacted) = crate::store::read_revisions(&txn.open_table(META)?)?;
         let no_space = crate::maintenance::no_space(&txn.open_table(ALARMS)?)?;
-        Ok(ApplyBatch {
+        let state = BatchState {
             store,
-            txn,
             revision,
             compacted,
             events: Vec::new(),
@@ -168,32 +173,89 @@ impl<'s> ApplyBatch<'s> {
             undo: IndexUndo { store, base: revision as u64, touched: Vec::new(), armed: true },
             compact_at: None,
             no_space,
-        })
+        };
+        Ok(ApplyBatch { txn, state })
     }
 
     /// The store revision as of the commands applied so far.
     pub fn revision(&self) -> i64 {
-        self.revision
+        self.state.revision
     }
 
     /// Applies one command. Client errors come back inside the response (the
     /// command still counts as applied); an `Err` is an engine failure.
     pub fn apply(&mut self, cmd: &Command) -> Result<CommandResponse, StorageError> {
+        let mut kv = self.txn.open_table(KV_BY_REV)?;
+        self.state.apply(&self.txn, &mut kv, cmd)
+    }
+
+    /// Applies commands in order, as `apply` does each, with the key table
+    /// opened once for all of them.
+    pub fn apply_all(&mut self, cmds: &[Command]) -> Result<Vec<CommandResponse>, StorageError> {
+        let mut kv = self.txn.open_table(KV_BY_REV)?;
+        cmds.iter().map(|cmd| self.state.apply(&self.txn, &mut kv, cmd)).collect()
+    }
+
+    /// Stores a value the layer above owns (Raft's applied log id, membership).
+    pub fn put_meta(&mut self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+        assert!(key.starts_with(crate::store::META_EXTERNAL_PREFIX), "external meta keys are prefixed");
+        self.txn.open_table(META)?.insert(key, value)?;
+        Ok(())
+    }
+
+    /// Commits the batch. A non-durable commit is visible to readers at once and
+    /// reaches the disk with the next durable one: the Raft log, not this
+    /// database, is the durable record, and entries after the last durable commit
+    /// are applied again on restart.
+    pub fn commit(self, durable: bool) -> Result<Committed, StorageError> {
+        let ApplyBatch { mut txn, mut state } = self;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(META_REVISION, state.revision.to_be_bytes().as_slice())?;
+            meta.insert(META_COMPACT, state.compacted.to_be_bytes().as_slice())?;
+        }
+        let durability = if durable { Durability::Immediate } else { Durability::None };
+        txn.set_durability(durability)?;
+        // A compaction's rows go and its index versions go under the index's
+        // write lock, so no reader pairs one state with the other.
+        let index = state.compact_at.map(|at| (at, state.store.index_mut()));
+        txn.commit()?;
+        state.undo.armed = false;
+        if let Some((at, mut index)) = index {
+            index.compact(at);
+        }
+        state.store.note_commit(state.revision);
+        Ok(Committed {
+            revision: state.revision,
+            compacted: state.compacted,
+            events: std::mem::take(&mut state.events),
+            lease_changes: std::mem::take(&mut state.lease_changes),
+        })
+    }
+}
+
+impl<'s> BatchState<'s> {
+    fn apply(
+        &mut self,
+        txn: &WriteTransaction,
+        kv: &mut KvTable<'_>,
+        cmd: &Command,
+    ) -> Result<CommandResponse, StorageError> {
         let before = self.revision;
         let events_before = self.events.len();
         let result = match &cmd.kind {
-            Some(command::Kind::Put(req)) => self.put_command(req),
-            Some(command::Kind::DeleteRange(req)) => self.delete_command(req),
-            Some(command::Kind::Txn(req)) => self.txn_command(req),
-            Some(command::Kind::Compaction(req)) => self.compact(req),
+            Some(command::Kind::Put(req)) => self.put_command(txn, kv, req),
+            Some(command::Kind::DeleteRange(req)) => self.delete_command(kv, req),
+            Some(command::Kind::Txn(req)) => self.txn_command(txn, kv, req),
+            Some(command::Kind::Compaction(req)) => self.compact(kv, req),
             Some(command::Kind::MemberAttributes(attrs)) => {
-                let mut members = self.txn.open_table(MEMBERS)?;
+                let mut members = txn.open_table(MEMBERS)?;
                 members.insert(attrs.member_id, attrs.encode_to_vec().as_slice())?;
                 Ok(command_response::Kind::Empty(Empty {}))
             }
-            Some(command::Kind::LeaseGrant(req)) => self.lease_grant(req),
-            Some(command::Kind::LeaseRevoke(req)) => self.lease_revoke(req),
-            Some(command::Kind::Alarm(req)) => self.alarm(req),
+            Some(command::Kind::LeaseGrant(req)) => self.lease_grant(txn, req),
+            Some(command::Kind::LeaseRevoke(req)) => self.lease_revoke(txn, kv, req),
+            Some(command::Kind::Alarm(req)) => self.alarm(txn, req),
             // A batch is unwrapped by the caller, one `apply` per command.
             Some(command::Kind::Batch(_)) => {
                 Err(MvccError::InvalidRequest("nested command batch".into()).into())
@@ -214,45 +276,9 @@ impl<'s> ApplyBatch<'s> {
             "a command takes a revision exactly when it changes a key"
         );
         if self.revision == before + 1 {
-            lease::index_events(&self.txn, &self.events[events_before..])?;
+            lease::index_events(txn, &self.events[events_before..])?;
         }
         Ok(CommandResponse { kind: Some(kind), revision: self.revision })
-    }
-
-    /// Stores a value the layer above owns (Raft's applied log id, membership).
-    pub fn put_meta(&mut self, key: &str, value: &[u8]) -> Result<(), StorageError> {
-        assert!(key.starts_with(crate::store::META_EXTERNAL_PREFIX), "external meta keys are prefixed");
-        self.txn.open_table(META)?.insert(key, value)?;
-        Ok(())
-    }
-
-    /// Commits the batch. A non-durable commit is visible to readers at once and
-    /// reaches the disk with the next durable one: the Raft log, not this
-    /// database, is the durable record, and entries after the last durable commit
-    /// are applied again on restart.
-    pub fn commit(mut self, durable: bool) -> Result<Committed, StorageError> {
-        {
-            let mut meta = self.txn.open_table(META)?;
-            meta.insert(META_REVISION, self.revision.to_be_bytes().as_slice())?;
-            meta.insert(META_COMPACT, self.compacted.to_be_bytes().as_slice())?;
-        }
-        let durability = if durable { Durability::Immediate } else { Durability::None };
-        self.txn.set_durability(durability)?;
-        // A compaction's rows go and its index versions go under the index's
-        // write lock, so no reader pairs one state with the other.
-        let index = self.compact_at.map(|at| (at, self.store.index_mut()));
-        self.txn.commit()?;
-        self.undo.armed = false;
-        if let Some((at, mut index)) = index {
-            index.compact(at);
-        }
-        self.store.note_commit(self.revision);
-        Ok(Committed {
-            revision: self.revision,
-            compacted: self.compacted,
-            events: self.events,
-            lease_changes: self.lease_changes,
-        })
     }
 
     /// Writes that add data are refused while a NOSPACE alarm is active;
@@ -264,27 +290,34 @@ impl<'s> ApplyBatch<'s> {
         Ok(())
     }
 
-    fn put_command(&mut self, req: &PutRequest) -> Result<command_response::Kind, KvError> {
+    fn put_command(
+        &mut self,
+        txn: &WriteTransaction,
+        kv: &mut KvTable<'_>,
+        req: &PutRequest,
+    ) -> Result<command_response::Kind, KvError> {
         crate::validate::check_put(req)?;
         self.check_space()?;
-        let mut kv = self.txn.open_table(KV_BY_REV)?;
         let mut index = self.store.index_mut();
-        let mut w = Writer::new(&mut kv, &mut index, &mut self.undo.touched, self.revision);
+        let mut w = Writer::new(kv, &mut index, &mut self.undo.touched, self.revision);
         if req.lease == 0 {
             check_put_key(&w.src(), req)?;
         } else {
-            check_put_state(&w.src(), &self.txn.open_table(LEASES)?, req)?;
+            check_put_state(&w.src(), &txn.open_table(LEASES)?, req)?;
         }
         let resp = put(&mut w, req, &mut self.events)?;
         self.revision += 1;
         Ok(command_response::Kind::Put(PutResponse { header: Some(self.header()), ..resp }))
     }
 
-    fn delete_command(&mut self, req: &DeleteRangeRequest) -> Result<command_response::Kind, KvError> {
+    fn delete_command(
+        &mut self,
+        kv: &mut KvTable<'_>,
+        req: &DeleteRangeRequest,
+    ) -> Result<command_response::Kind, KvError> {
         crate::validate::check_delete_range(req)?;
-        let mut kv = self.txn.open_table(KV_BY_REV)?;
         let mut index = self.store.index_mut();
-        let mut w = Writer::new(&mut kv, &mut index, &mut self.undo.touched, self.revision);
+        let mut w = Writer::new(kv, &mut index, &mut self.undo.touched, self.revision);
         let resp = delete_range(&mut w, req, &mut self.events)?;
         if resp.deleted > 0 {
             self.revision += 1;
@@ -292,17 +325,21 @@ impl<'s> ApplyBatch<'s> {
         Ok(command_response::Kind::DeleteRange(DeleteRangeResponse { header: Some(self.header()), ..resp }))
     }
 
-    fn txn_command(&mut self, req: &TxnRequest) -> Result<command_response::Kind, KvError> {
+    fn txn_command(
+        &mut self,
+        txn: &WriteTransaction,
+        kv: &mut KvTable<'_>,
+        req: &TxnRequest,
+    ) -> Result<command_response::Kind, KvError> {
         crate::validate::check_txn(req, usize::MAX)?;
         if crate::validate::txn_has_put(req) {
             self.check_space()?;
         }
-        let mut kv = self.txn.open_table(KV_BY_REV)?;
         let mut index = self.store.index_mut();
-        let mut w = Writer::new(&mut kv, &mut index, &mut self.undo.touched, self.revision);
+        let mut w = Writer::new(kv, &mut index, &mut self.undo.touched, self.revision);
         let path = decide_path(&w.src(), req)?;
         let view = ReadView { current: self.revision, compacted: self.compacted };
-        check_path(&w.src(), &self.txn.open_table(LEASES)?, req, &path, view)?;
+        check_path(&w.src(), &txn.open_table(LEASES)?, req, &path, view)?;
         let mut exec = Exec { changed: false, view, events: &mut self.events };
         let mut resp = exec.txn(&mut w, req, &path)?;
         if exec.changed {
@@ -312,33 +349,45 @@ impl<'s> ApplyBatch<'s> {
         Ok(command_response::Kind::Txn(resp))
     }
 
-    fn alarm(&mut self, req: &AlarmRequest) -> Result<command_response::Kind, KvError> {
-        let mut alarms = self.txn.open_table(ALARMS)?;
+    fn alarm(
+        &mut self,
+        txn: &WriteTransaction,
+        req: &AlarmRequest,
+    ) -> Result<command_response::Kind, KvError> {
+        let mut alarms = txn.open_table(ALARMS)?;
         let mut resp = crate::maintenance::apply_alarm(&mut alarms, req)?;
         self.no_space = crate::maintenance::no_space(&alarms)?;
         resp.header = Some(self.header());
         Ok(command_response::Kind::Alarm(resp))
     }
 
-    fn lease_grant(&mut self, req: &LeaseGrantRequest) -> Result<command_response::Kind, KvError> {
+    fn lease_grant(
+        &mut self,
+        txn: &WriteTransaction,
+        req: &LeaseGrantRequest,
+    ) -> Result<command_response::Kind, KvError> {
         self.check_space()?;
-        let (mut resp, change) = lease::grant(&mut self.txn.open_table(LEASES)?, req)?;
+        let (mut resp, change) = lease::grant(&mut txn.open_table(LEASES)?, req)?;
         self.lease_changes.push(change);
         resp.header = Some(self.header());
         Ok(command_response::Kind::LeaseGrant(resp))
     }
 
     /// Revokes a lease: its keys are deleted in one revision, then the lease.
-    fn lease_revoke(&mut self, req: &LeaseRevokeRequest) -> Result<command_response::Kind, KvError> {
-        let mut leases = self.txn.open_table(LEASES)?;
+    fn lease_revoke(
+        &mut self,
+        txn: &WriteTransaction,
+        kv: &mut KvTable<'_>,
+        req: &LeaseRevokeRequest,
+    ) -> Result<command_response::Kind, KvError> {
+        let mut leases = txn.open_table(LEASES)?;
         if !lease::lease_exists(&leases, req.id)? {
             return Err(MvccError::LeaseNotFound.into());
         }
-        let mut lease_keys = self.txn.open_table(LEASE_KEYS)?;
+        let mut lease_keys = txn.open_table(LEASE_KEYS)?;
         let keys = lease::keys_of(&lease_keys, req.id)?;
-        let mut kv = self.txn.open_table(KV_BY_REV)?;
         let mut index = self.store.index_mut();
-        let mut w = Writer::new(&mut kv, &mut index, &mut self.undo.touched, self.revision);
+        let mut w = Writer::new(kv, &mut index, &mut self.undo.touched, self.revision);
         let mut deleted = 0;
         for key in &keys {
             let del = DeleteRangeRequest { key: key.clone(), ..Default::default() };
@@ -353,7 +402,11 @@ impl<'s> ApplyBatch<'s> {
         Ok(command_response::Kind::LeaseRevoke(resp))
     }
 
-    fn compact(&mut self, req: &CompactionRequest) -> Result<command_response::Kind, KvError> {
+    fn compact(
+        &mut self,
+        kv: &mut KvTable<'_>,
+        req: &CompactionRequest,
+    ) -> Result<command_response::Kind, KvError> {
         if req.revision <= self.compacted {
             return Err(MvccError::Compacted.into());
         }
@@ -362,7 +415,6 @@ impl<'s> ApplyBatch<'s> {
         }
         let at = req.revision as u64;
         let doomed = self.store.index().doomed_by_compaction(at);
-        let mut kv = self.txn.open_table(KV_BY_REV)?;
         let mut removed = 0u64;
         for ver in &doomed {
             if kv.remove(ver.row())?.is_some() {

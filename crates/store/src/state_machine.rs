@@ -255,10 +255,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Normal(Request(Command {
                         kind: Some(command::Kind::Batch(proposals)),
                     })) => {
-                        let mut each = Vec::with_capacity(proposals.commands.len());
-                        for proposal in &proposals.commands {
-                            each.push(batch.apply(proposal).map_err(|e| sm_error(ErrorVerb::Write, e))?);
-                        }
+                        let each = batch
+                            .apply_all(&proposals.commands)
+                            .map_err(|e| sm_error(ErrorVerb::Write, e))?;
                         let kind = command_response::Kind::Batch(CommandBatchResponse { responses: each });
                         responses
                             .push(Response(CommandResponse { kind: Some(kind), revision: batch.revision() }));
