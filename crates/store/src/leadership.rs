@@ -160,7 +160,7 @@ impl StoreNode {
     }
 
     /// Keeps the leader in the primary city: while this member leads from
-    /// another city and a voter in the primary city holds every entry, moves
+    /// another city and a voter in the primary city has nearly every entry, moves
     /// leadership there (a transfer, not an election lost by timeout). Runs
     /// until the member stops; does nothing without `--primary-city`.
     pub async fn run_leader_placement(self: std::sync::Arc<Self>) {
@@ -188,7 +188,12 @@ impl StoreNode {
         }
     }
 
-    /// A voter in `city` (by its published labels) that holds every entry.
+    /// A voter in `city` (by its published labels) that is at most
+    /// `CATCH_UP_LAG_MAX` entries behind. Under steady writes a follower
+    /// rarely holds the newest entry at the moment of a check (one is
+    /// always in flight), so demanding every entry here could keep the
+    /// leader away from home indefinitely; `move_leader` holds new writes
+    /// and waits until the target holds every entry before it campaigns.
     fn caught_up_voter_in(&self, city: &str) -> Option<NodeId> {
         let attributes = self.mvcc.member_attributes().ok()?;
         let metrics = self.raft.metrics().borrow().clone();
@@ -199,7 +204,13 @@ impl StoreNode {
             .iter()
             .filter(|a| a.city == city && voters.contains(&a.member_id) && a.member_id != self.member_id)
             .map(|a| a.member_id)
-            .find(|id| replication.get(id).cloned().flatten().is_some_and(|matched| matched.index >= last))
+            .find(|id| {
+                replication
+                    .get(id)
+                    .cloned()
+                    .flatten()
+                    .is_some_and(|matched| matched.index + crate::membership::CATCH_UP_LAG_MAX >= last)
+            })
     }
 
     /// Keeps this member from campaigning for `hold` (see `election`).
