@@ -96,3 +96,60 @@ async fn move_leader_under_load_takes_one_election_and_fails_no_request() {
     })
     .await;
 }
+
+/// With `--primary-city`, a leader elsewhere moves home only to a voter that
+/// is live: one that went away keeps its last matched index in the leader's
+/// metrics, and a transfer to it would hold every write for the transfer's
+/// whole window (four election timeouts), again after each retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_primary_city_voter_never_holds_writes() {
+    /// A write every this often: few enough entries that the dead voter
+    /// stays within the catch-up lag of the newest one.
+    const PACE: Duration = Duration::from_millis(50);
+    /// Longer than the settle time before a move home (3 election timeouts)
+    /// plus two transfer windows.
+    const WATCHED_FOR: Duration = Duration::from_secs(12);
+    /// Well under an election timeout; a transfer's hold is four.
+    const SLOWEST_WRITE: Duration = Duration::from_millis(900);
+    bounded(Duration::from_secs(120), async {
+        let mut cluster = start(ClusterOptions::members(3).arg("--primary-city", "hangzhou")).await;
+        let home =
+            (0..cluster.len()).find(|i| cluster.placement(*i).city == "hangzhou").expect("a hangzhou member");
+        let away = (0..cluster.len()).find(|i| *i != home).expect("another member");
+        poll_until(Duration::from_secs(30), "the leader in hangzhou", || async {
+            match cluster.leader().await {
+                Ok(leader) if leader == home => Ok(()),
+                other => Err(format!("leader {other:?}")),
+            }
+        })
+        .await;
+        let mut on_home = cluster.client(home).await;
+        for n in 0..20 {
+            on_home.put("placement/warm", n.to_string(), None).await.expect("put");
+        }
+        let away_id =
+            cluster.client(away).await.status().await.expect("status").header().expect("header").member_id();
+        on_home.move_leader(away_id).await.expect("move the leader out of hangzhou");
+        // The hangzhou voter had every entry; now it goes away for good.
+        cluster.kill(home).expect("kill the hangzhou member");
+
+        let mut client = cluster.client(away).await;
+        let began = std::time::Instant::now();
+        let mut slowest = Duration::ZERO;
+        let mut writes = 0;
+        while began.elapsed() < WATCHED_FOR {
+            let sent = std::time::Instant::now();
+            client.put("placement/paced", writes.to_string(), None).await.expect("put");
+            slowest = slowest.max(sent.elapsed());
+            writes += 1;
+            tokio::time::sleep(PACE).await;
+        }
+        println!("{writes} paced writes, slowest {slowest:?}");
+        assert!(
+            slowest < SLOWEST_WRITE,
+            "a write waited {slowest:?}: a transfer to the dead voter held writes"
+        );
+        assert_ne!(cluster.leader().await.expect("a leader"), home);
+    })
+    .await;
+}

@@ -256,7 +256,7 @@ impl<'s> BatchState<'s> {
             Some(command::Kind::LeaseGrant(req)) => self.lease_grant(txn, req),
             Some(command::Kind::LeaseRevoke(req)) => self.lease_revoke(txn, kv, req),
             Some(command::Kind::Alarm(req)) => self.alarm(txn, req),
-            // A batch is unwrapped by the caller, one `apply` per command.
+            // A batch is unwrapped by the caller (`apply_all` over its commands).
             Some(command::Kind::Batch(_)) => {
                 Err(MvccError::InvalidRequest("nested command batch".into()).into())
             }

@@ -166,6 +166,10 @@ impl KeyIndex {
     pub fn compact(&mut self, at: u64) {
         self.keys.retain(|_, versions| {
             versions.drain(..compacted_prefix(versions, at));
+            if versions.len() <= 1 {
+                // Back inline: a key left with one version needs no allocation.
+                versions.shrink_to_fit();
+            }
             !versions.is_empty()
         });
         assert!(at as i64 >= self.compacted, "the index's compaction never goes back");

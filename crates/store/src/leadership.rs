@@ -11,6 +11,7 @@
 //! window, so the target — whose log is complete — wins. Holds end by
 //! themselves, so a failed transfer leaves the cluster as it was.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use etcd_proto::fivefoldpb::LeaderTransfer;
@@ -93,7 +94,17 @@ impl StoreNode {
         self.raft.runtime_config().heartbeat(false);
         for voter in voters.iter().filter(|v| **v != self.member_id) {
             let Some(url) = membership.get_node(voter).and_then(|m| m.peer_urls.first()) else { continue };
-            let Ok(mut client) = self.peer(url).await else { continue };
+            let Ok(mut client) = self.peer(url).await else {
+                // Without the target the transfer cannot succeed (below).
+                if *voter == target {
+                    tracing::warn!(
+                        member = format_args!("{voter:x}"),
+                        "leader transfer: the target cannot be reached"
+                    );
+                    return Err(Status::unavailable(TRANSFER_TIMEOUT));
+                }
+                continue;
+            };
             let mut request = tonic::Request::new(transfer);
             request.set_timeout(lease);
             let result = if *voter == target {
@@ -124,6 +135,11 @@ impl StoreNode {
 
     async fn wait_replicated(&self, target: NodeId, deadline: Instant) -> Result<(), Status> {
         let mut metrics = self.raft.metrics();
+        // A target whose matched index stands still for a lease is not
+        // catching up (gone, or cut off): give up rather than hold writes
+        // until the deadline.
+        let stall = self.election_timeout_max();
+        let mut progress: Option<(Option<u64>, Instant)> = None;
         loop {
             {
                 let m = metrics.borrow_and_update();
@@ -136,8 +152,13 @@ impl StoreNode {
                 if m.current_leader != Some(self.member_id) {
                     return Err(Status::failed_precondition(NOT_LEADER_ETCD));
                 }
+                match progress {
+                    Some((before, _)) if before == matched => {}
+                    _ => progress = Some((matched, Instant::now())),
+                }
             }
-            if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
+            let stalled_at = progress.map_or(deadline, |(_, since)| since + stall).min(deadline);
+            if tokio::time::timeout_at(stalled_at, metrics.changed()).await.is_err() {
                 return Err(Status::unavailable(TRANSFER_TIMEOUT));
             }
         }
@@ -160,57 +181,70 @@ impl StoreNode {
     }
 
     /// Keeps the leader in the primary city: while this member leads from
-    /// another city and a voter in the primary city has nearly every entry, moves
-    /// leadership there (a transfer, not an election lost by timeout). Runs
-    /// until the member stops; does nothing without `--primary-city`.
+    /// another city and a voter in the primary city is live and nearly
+    /// caught up, moves leadership there (a transfer, not an election lost by
+    /// timeout). Runs until the member stops; does nothing without
+    /// `--primary-city`.
     pub async fn run_leader_placement(self: std::sync::Arc<Self>) {
         let Some(primary) = self.config.primary_city.clone() else { return };
         let mut ticker = tokio::time::interval(LEADER_PLACEMENT_CHECK);
         let mut leading_since: Option<Instant> = None;
+        // Each primary-city voter's matched index at the previous check.
+        let mut seen: HashMap<NodeId, u64> = HashMap::new();
         loop {
             ticker.tick().await;
             if !self.is_leader() {
                 leading_since = None;
+                seen.clear();
                 continue;
             }
             let since = *leading_since.get_or_insert_with(Instant::now);
-            if self.config.city == primary
-                || since.elapsed() < self.config.election_timeout * LEADER_SETTLE_ELECTION_TIMEOUTS
-            {
+            if self.config.city == primary {
                 continue;
             }
-            let Some(target) = self.caught_up_voter_in(&primary) else { continue };
+            let Some(target) = self.live_voter_in(&primary, &mut seen) else { continue };
+            if since.elapsed() < self.config.election_timeout * LEADER_SETTLE_ELECTION_TIMEOUTS {
+                continue;
+            }
             tracing::info!(city = %primary, target = format_args!("{target:x}"), "moving leadership to the primary city");
             if let Err(status) = self.move_leader(target).await {
                 tracing::warn!(%status, "moving leadership to the primary city failed; will retry");
             }
             leading_since = None;
+            seen.clear();
         }
     }
 
-    /// A voter in `city` (by its published labels) that is at most
-    /// `CATCH_UP_LAG_MAX` entries behind. Under steady writes a follower
-    /// rarely holds the newest entry at the moment of a check (one is
-    /// always in flight), so demanding every entry here could keep the
-    /// leader away from home indefinitely; `move_leader` holds new writes
-    /// and waits until the target holds every entry before it campaigns.
-    fn caught_up_voter_in(&self, city: &str) -> Option<NodeId> {
+    /// The voter in `city` (by its published labels) that has the most
+    /// entries, if it is live and at most `CATCH_UP_LAG_MAX` entries behind.
+    /// Under steady writes a follower rarely holds the newest entry at the
+    /// moment of a check (one is always in flight), so demanding every entry
+    /// could keep the leader away from home indefinitely; `move_leader` holds
+    /// new writes and waits until the target holds every entry before it
+    /// campaigns. Live means it holds every entry, or its matched index moved
+    /// since the previous check (`seen`, updated here): a voter that went
+    /// away keeps its last matched index in the leader's metrics, and a
+    /// transfer to it would hold writes until the transfer's deadline.
+    fn live_voter_in(&self, city: &str, seen: &mut HashMap<NodeId, u64>) -> Option<NodeId> {
         let attributes = self.mvcc.member_attributes().ok()?;
         let metrics = self.raft.metrics().borrow().clone();
         let last = metrics.last_log_index?;
         let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
         let replication = metrics.replication.as_ref()?;
-        attributes
+        let matched: Vec<(NodeId, u64)> = attributes
             .iter()
             .filter(|a| a.city == city && voters.contains(&a.member_id) && a.member_id != self.member_id)
-            .map(|a| a.member_id)
-            .find(|id| {
-                replication
-                    .get(id)
-                    .cloned()
-                    .flatten()
-                    .is_some_and(|matched| matched.index + crate::membership::CATCH_UP_LAG_MAX >= last)
-            })
+            .filter_map(|a| Some((a.member_id, replication.get(&a.member_id).cloned().flatten()?.index)))
+            .collect();
+        let live =
+            |(id, index): &(NodeId, u64)| *index >= last || seen.get(id).is_some_and(|before| index > before);
+        let target = matched
+            .iter()
+            .filter(|m| live(m) && m.1 + crate::membership::CATCH_UP_LAG_MAX >= last)
+            .max_by_key(|m| m.1)
+            .map(|m| m.0);
+        *seen = matched.into_iter().collect();
+        target
     }
 
     /// Keeps this member from campaigning for `hold` (see `election`).
