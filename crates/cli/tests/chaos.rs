@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{bounded, local_pairs_under, start, wait_same_revision};
+use common::{bounded, local_pairs_under, poll_until, start, wait_same_revision};
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use etcd_proto::fivefoldpb::peer_client::PeerClient;
 use etcd_proto::fivefoldpb::{FaultRule, FaultRules};
@@ -331,14 +331,14 @@ async fn run(faults: &[Fault], wan: bool) {
             // leader's city; cutting another must not touch the leader, and a
             // move home still pending from an earlier fault would land during
             // this one and read as a disruption.
-            let deadline = Instant::now() + LEADER_HOME_LIMIT;
-            while cluster.placement(cluster.leader().await.expect("a leader")).city != PRIMARY_CITY {
-                assert!(
-                    Instant::now() < deadline,
-                    "the leader did not move to {PRIMARY_CITY} within {LEADER_HOME_LIMIT:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            poll_until(LEADER_HOME_LIMIT, &format!("the leader in {PRIMARY_CITY}"), || async {
+                let leader = cluster.leader().await.map_err(|e| e.to_string())?;
+                match cluster.placement(leader).city.as_str() {
+                    PRIMARY_CITY => Ok(()),
+                    city => Err(format!("the leader is in {city}")),
+                }
+            })
+            .await;
         }
         let leader = cluster.leader().await.expect("a leader before the fault");
         let term_before = raft_term(&cluster, leader).await;

@@ -86,10 +86,7 @@ impl<'w, 't> Writer<'w, 't> {
         make: impl FnOnce(Option<&KeyValue>) -> Version,
     ) -> Result<(Option<KeyValue>, Version), StorageError> {
         let prev = match self.index(key, false) {
-            Some(before) if !before.tombstone => {
-                let (rev, version) = read::fetch(&*self.kv, key, before)?;
-                Some(read::key_value(key.to_vec(), rev, version))
-            }
+            Some(before) if !before.tombstone => Some(read::fetch(&*self.kv, key, before)?),
             _ => None,
         };
         let version = make(prev.as_ref());

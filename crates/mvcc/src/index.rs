@@ -6,8 +6,9 @@
 //!
 //! Readers see the index through a revision ceiling (the revision their read
 //! transaction holds), so versions an apply has added but not yet committed
-//! are invisible to them. An apply that fails removes what it added
-//! (`truncate_after`); compaction prunes at commit (`compact`).
+//! are invisible to them. An apply batch that does not commit (an engine
+//! error, or dropped) removes what it added (`truncate_after`); compaction
+//! prunes at commit (`compact`).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -66,6 +67,11 @@ fn newest_in(versions: &[Ver], at: u64) -> Option<Ver> {
     n.checked_sub(1).map(|i| versions[i])
 }
 
+/// `newest_in`, unless that is a deletion.
+fn live_in(versions: &[Ver], at: u64) -> Option<Ver> {
+    newest_in(versions, at).filter(|v| !v.tombstone)
+}
+
 impl KeyIndex {
     pub fn new(compacted: i64) -> KeyIndex {
         KeyIndex { keys: BTreeMap::new(), compacted }
@@ -91,7 +97,7 @@ impl KeyIndex {
 
     /// The version of `key` visible at `at`, if the key exists then.
     pub fn live_at(&self, key: &[u8], at: u64) -> Option<Ver> {
-        self.newest_at(key, at).filter(|v| !v.tombstone)
+        live_in(self.keys.get(key)?, at)
     }
 
     /// Calls `visit` with every key of `span` that exists at `at` and its
@@ -109,7 +115,7 @@ impl KeyIndex {
             Span::Between(start, end) => (Bound::Included(start), Bound::Excluded(end)),
         };
         for (key, versions) in self.keys.range::<[u8], _>(bounds) {
-            if let Some(v) = newest_in(versions, at).filter(|v| !v.tombstone) {
+            if let Some(v) = live_in(versions, at) {
                 if !visit(key, v) {
                     return;
                 }

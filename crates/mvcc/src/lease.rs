@@ -92,7 +92,7 @@ pub(crate) fn keys_of(
     Ok(keys)
 }
 
-/// Removes a lease and its key index (`keys`, from [`keys_of`]); the caller
+/// Removes a lease and its rows of the lease-key table (`keys`, from [`keys_of`]); the caller
 /// deletes the keys first.
 pub(crate) fn forget(
     leases: &mut Table<'_, i64, &'static [u8]>,
@@ -116,9 +116,9 @@ fn lease_move(e: &Event) -> Option<(&[u8], i64, i64)> {
     (old != new).then_some((kv.key.as_slice(), old, new))
 }
 
-/// Keeps the key index in step with one command's events: a key leaves the
+/// Keeps the lease-key table in step with one command's events: a key leaves the
 /// lease it had when deleted or moved, and joins the lease it is put with.
-/// The index is opened only when an event moves a key between leases.
+/// The table is opened only when an event moves a key between leases.
 pub(crate) fn index_events(txn: &WriteTransaction, events: &[Event]) -> Result<(), StorageError> {
     let mut moves = events.iter().filter_map(lease_move).peekable();
     if moves.peek().is_none() {

@@ -22,7 +22,9 @@
 //! (stateless request checks), `read` (range, compare), `apply` (the write
 //! path, which also yields the events of each change), `history` (past
 //! changes in revision order, for watchers), `lease` (leases and the keys
-//! they hold; expiry timing is not here), `maintenance` (HashKV, alarms), `snapshot` (export and install), `store` (the database).
+//! they hold; expiry timing is not here), `maintenance` (HashKV, alarms),
+//! `snapshot` (export and install), `store` (the database), `error` (etcd's
+//! codes and messages), `limits` (named limits).
 
 pub mod apply;
 pub mod encoding;

@@ -28,8 +28,9 @@ pub struct Source<'a, R: Rows> {
     pub ceiling: u64,
 }
 
-/// The stored version the index names, with its revision.
-pub fn fetch(rows: &impl Rows, key: &[u8], ver: Ver) -> Result<(u64, Version), StorageError> {
+/// The key-value the index names: its row, read from `rows`, checked to
+/// hold `key`.
+pub fn fetch(rows: &impl Rows, key: &[u8], ver: Ver) -> Result<KeyValue, StorageError> {
     let Some(row) = rows.get(ver.row())? else {
         return Err(StorageError(format!(
             "the key index names revision {}.{} but it has no row: the index and the rows disagree",
@@ -43,29 +44,15 @@ pub fn fetch(rows: &impl Rows, key: &[u8], ver: Ver) -> Result<(u64, Version), S
             ver.rev, ver.sub
         )));
     }
-    Ok((ver.rev, version))
+    Ok(key_value(stored_key, ver.rev, version))
 }
 
 impl<R: Rows> Source<'_, R> {
-    /// The stored version the index names, with its revision.
-    pub fn fetch(&self, key: &[u8], ver: Ver) -> Result<(u64, Version), StorageError> {
-        fetch(self.rows, key, ver)
-    }
-
-    /// The newest version of `key` at or below revision `at`, deletions
-    /// included.
-    pub fn newest_at(&self, key: &[u8], at: u64) -> Result<Option<(u64, Version)>, StorageError> {
-        match self.index.newest_at(key, at.min(self.ceiling)) {
-            None => Ok(None),
-            Some(ver) => self.fetch(key, ver).map(Some),
-        }
-    }
-
     /// The live (not deleted) version of `key` at revision `at`, as a KeyValue.
     pub fn live_at(&self, key: &[u8], at: u64) -> Result<Option<KeyValue>, StorageError> {
         match self.index.live_at(key, at.min(self.ceiling)) {
             None => Ok(None),
-            Some(ver) => self.fetch(key, ver).map(|(rev, v)| Some(key_value(key.to_vec(), rev, v))),
+            Some(ver) => fetch(self.rows, key, ver).map(Some),
         }
     }
 
@@ -78,8 +65,8 @@ impl<R: Rows> Source<'_, R> {
         mut visit: impl FnMut(KeyValue) -> bool,
     ) -> Result<(), StorageError> {
         let mut failed = None;
-        self.index.for_each_live(span, at.min(self.ceiling), |key, ver| match self.fetch(key, ver) {
-            Ok((rev, v)) => visit(key_value(key.to_vec(), rev, v)),
+        self.index.for_each_live(span, at.min(self.ceiling), |key, ver| match fetch(self.rows, key, ver) {
+            Ok(kv) => visit(kv),
             Err(e) => {
                 failed = Some(e);
                 false
@@ -166,8 +153,7 @@ pub fn finish_range(
 ) -> Result<RangeResponse, KvError> {
     let mut kvs = Vec::with_capacity(plan.hits.len());
     for (key, ver) in plan.hits {
-        let (rev, version) = fetch(rows, &key, ver)?;
-        let kv = key_value(key, rev, version);
+        let kv = fetch(rows, &key, ver)?;
         if passes_filters(req, &kv) {
             kvs.push(kv);
         }

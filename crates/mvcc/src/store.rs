@@ -41,8 +41,11 @@ pub struct MvccStore {
     /// Shared by every reader and the applier; taken exclusively only to
     /// defragment (redb's compaction needs the database to itself).
     db: RwLock<Database>,
-    /// Which rows hold each key; see `index`. Readers hold it shared for the
-    /// length of a read; an apply takes it exclusively for one command.
+    /// Which rows hold each key; see `index`. A read holds it shared while it
+    /// finds its keys (a Range then lets it go; a read-only Txn and a history
+    /// read keep it); an apply takes it exclusively for each command, for the
+    /// commit of a batch that compacted, and to undo a batch that did not
+    /// commit; a snapshot install takes it for its commit.
     index: RwLock<KeyIndex>,
     path: PathBuf,
     /// The revision of the last committed batch, for cheap status reads.
@@ -101,20 +104,19 @@ impl MvccStore {
             }
             txn.commit()?;
         }
-        let index = {
+        let (index, revision) = {
             let txn = db.begin_read()?;
-            build_index(&txn.open_table(META)?, &txn.open_table(KV_BY_REV)?)?
+            let meta = txn.open_table(META)?;
+            (build_index(&meta, &txn.open_table(KV_BY_REV)?)?, read_revisions(&meta)?.0)
         };
         let store = MvccStore {
             db: RwLock::new(db),
             index: RwLock::new(index),
             path: path.to_path_buf(),
-            revision: AtomicI64::new(REVISION_INITIAL),
+            revision: AtomicI64::new(revision),
             file_bytes: AtomicU64::new(0),
         };
         store.note_file_size();
-        let (revision, _) = store.revisions()?;
-        store.revision.store(revision, Ordering::Release);
         Ok(store)
     }
 

@@ -123,6 +123,7 @@ impl StoreNode {
         if self.raft.metrics().borrow().current_leader != Some(leader_id) {
             return Err(Status::unavailable(NOT_LEADER));
         }
+        let grace = self.config.heartbeat_interval * REPLACED_LEADER_GRACE_HEARTBEATS;
         let call = tokio::time::timeout_at(deadline, client.propose(request));
         tokio::pin!(call);
         let answer = tokio::select! {
@@ -133,7 +134,7 @@ impl StoreNode {
                 // held with "not the leader" as soon as its successor leads
                 // (see `transfer_gate`): safe to send again. One that died
                 // never answers.
-                match tokio::time::timeout(self.config.heartbeat_interval * REPLACED_LEADER_GRACE_HEARTBEATS, &mut call).await {
+                match tokio::time::timeout(grace, &mut call).await {
                     Ok(answer) => answer,
                     Err(_) => {
                         tracing::debug!(leader = %leader, "the leader was replaced while forwarded writes were in flight");

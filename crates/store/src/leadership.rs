@@ -92,7 +92,10 @@ impl StoreNode {
             LeaderTransfer { hold_ms: hold.as_millis() as u64, lease_ms: lease.as_millis() as u64 };
         self.hold_elections(hold);
         self.raft.runtime_config().heartbeat(false);
-        for voter in voters.iter().filter(|v| **v != self.member_id) {
+        // The target first: if it cannot campaign, the transfer ends before
+        // any other member was told to hold its elections.
+        let others = voters.iter().filter(|v| **v != self.member_id && **v != target);
+        for voter in std::iter::once(&target).chain(others) {
             let Some(url) = membership.get_node(voter).and_then(|m| m.peer_urls.first()) else { continue };
             let Ok(mut client) = self.peer(url).await else {
                 // Without the target the transfer cannot succeed (below).
@@ -139,7 +142,7 @@ impl StoreNode {
         // catching up (gone, or cut off): give up rather than hold writes
         // until the deadline.
         let stall = self.election_timeout_max();
-        let mut progress: Option<(Option<u64>, Instant)> = None;
+        let (mut before, mut since) = (None, Instant::now());
         loop {
             {
                 let m = metrics.borrow_and_update();
@@ -152,12 +155,11 @@ impl StoreNode {
                 if m.current_leader != Some(self.member_id) {
                     return Err(Status::failed_precondition(NOT_LEADER_ETCD));
                 }
-                match progress {
-                    Some((before, _)) if before == matched => {}
-                    _ => progress = Some((matched, Instant::now())),
+                if matched != before {
+                    (before, since) = (matched, Instant::now());
                 }
             }
-            let stalled_at = progress.map_or(deadline, |(_, since)| since + stall).min(deadline);
+            let stalled_at = (since + stall).min(deadline);
             if tokio::time::timeout_at(stalled_at, metrics.changed()).await.is_err() {
                 return Err(Status::unavailable(TRANSFER_TIMEOUT));
             }
@@ -227,20 +229,24 @@ impl StoreNode {
     /// transfer to it would hold writes until the transfer's deadline.
     fn live_voter_in(&self, city: &str, seen: &mut HashMap<NodeId, u64>) -> Option<NodeId> {
         let attributes = self.mvcc.member_attributes().ok()?;
-        let metrics = self.raft.metrics().borrow().clone();
-        let last = metrics.last_log_index?;
-        let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
-        let replication = metrics.replication.as_ref()?;
-        let matched: Vec<(NodeId, u64)> = attributes
-            .iter()
-            .filter(|a| a.city == city && voters.contains(&a.member_id) && a.member_id != self.member_id)
-            .filter_map(|a| Some((a.member_id, replication.get(&a.member_id).cloned().flatten()?.index)))
-            .collect();
+        let (last, matched) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            let replication = metrics.replication.as_ref()?;
+            let matched: Vec<(NodeId, u64)> = attributes
+                .iter()
+                .filter(|a| a.city == city && a.member_id != self.member_id)
+                .filter(|a| membership.voter_ids().any(|v| v == a.member_id))
+                .filter_map(|a| Some((a.member_id, replication.get(&a.member_id).cloned().flatten()?.index)))
+                .collect();
+            (metrics.last_log_index?, matched)
+        };
         let live =
             |(id, index): &(NodeId, u64)| *index >= last || seen.get(id).is_some_and(|before| index > before);
         let target = matched
             .iter()
-            .filter(|m| live(m) && m.1 + crate::membership::CATCH_UP_LAG_MAX >= last)
+            .filter(|m| live(m) && crate::membership::within_catch_up(m.1, last))
             .max_by_key(|m| m.1)
             .map(|m| m.0);
         *seen = matched.into_iter().collect();

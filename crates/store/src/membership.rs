@@ -25,6 +25,12 @@ use crate::types::{Member, NodeId};
 
 /// Log entries a learner may lag behind the leader and still count as caught up.
 pub const CATCH_UP_LAG_MAX: u64 = 100;
+
+/// Whether a follower that holds entries up to `matched` is within
+/// `CATCH_UP_LAG_MAX` of the leader's `last`.
+pub fn within_catch_up(matched: u64, last: u64) -> bool {
+    matched + CATCH_UP_LAG_MAX >= last
+}
 /// How often the leader looks for learners to promote.
 pub const PROMOTE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -219,7 +225,7 @@ impl StoreNode {
             .and_then(|r| r.get(&id).cloned())
             .flatten()
             .map_or(0, |log_id| log_id.index);
-        matched + CATCH_UP_LAG_MAX >= last && matched > 0
+        within_catch_up(matched, last) && matched > 0
     }
 
     /// On the leader: promotes learners that were added as voters once they

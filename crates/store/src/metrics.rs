@@ -5,8 +5,9 @@
 //! Metric names are etcd's where the meaning is the same (dashboards and
 //! alerts written for etcd keep working); what etcd has no name for is
 //! `fivefold_*`. Counters and histograms are atomics updated where the work
-//! happens (the log writer, the state machine, the proposer); gauges are read
-//! from the member's state when scraped.
+//! happens (the log writer, the state machine, the proposer, and
+//! `run_leader_watch` for leader changes); gauges are read from the member's
+//! state when scraped.
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -21,7 +22,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use tonic::body::Body;
 
-use crate::node::StoreNode;
+use crate::node::{on_pool, StoreNode};
 
 /// Upper bounds of the disk latency buckets in seconds: 1 ms doubling to
 /// about 8 s, etcd's buckets for the same histograms.
@@ -88,22 +89,27 @@ fn counter(out: &mut String, name: &str, help: &str, value: u64) {
 impl StoreNode {
     /// The Prometheus text exposition of this member's metrics.
     pub async fn render_metrics(&self) -> String {
-        let raft = self.raft.metrics().borrow().clone();
+        let (leader, term, applied) = {
+            let raft = self.raft.metrics();
+            let raft = raft.borrow();
+            (raft.current_leader, raft.current_term, raft.last_applied.map_or(0, |id| id.index))
+        };
         let committed = self.raft.with_raft_state(|state| state.committed.map_or(0, |id| id.index)).await;
-        let (revision, compacted) = self.mvcc.revisions().unwrap_or((0, 0));
+        // Both held in memory: no engine read on this async worker.
+        let (revision, compacted) = (self.mvcc.revision(), self.watch_hub.compacted());
         let m = &self.metrics;
         let mut out = String::with_capacity(4096);
         gauge(
             &mut out,
             "etcd_server_has_leader",
             "Whether a leader exists (1) or not (0).",
-            u8::from(raft.current_leader.is_some()),
+            u8::from(leader.is_some()),
         );
         gauge(
             &mut out,
             "etcd_server_is_leader",
             "Whether this member is the leader (1) or not (0).",
-            u8::from(raft.current_leader == Some(self.member_id)),
+            u8::from(leader == Some(self.member_id)),
         );
         counter(
             &mut out,
@@ -111,7 +117,7 @@ impl StoreNode {
             "Leader changes this member has seen.",
             m.leader_changes.load(Ordering::Relaxed),
         );
-        gauge(&mut out, "fivefold_raft_term", "The Raft term this member is in.", raft.current_term);
+        gauge(&mut out, "fivefold_raft_term", "The Raft term this member is in.", term);
         gauge(
             &mut out,
             "etcd_server_proposals_committed_total",
@@ -122,7 +128,7 @@ impl StoreNode {
             &mut out,
             "etcd_server_proposals_applied_total",
             "The index of the last log entry this member applied.",
-            raft.last_applied.map_or(0, |id| id.index),
+            applied,
         );
         gauge(
             &mut out,
@@ -180,9 +186,11 @@ impl StoreNode {
     /// etcd's `/health`: healthy when there is a leader, no alarm is raised,
     /// and a linearizable read goes through.
     async fn health(&self) -> (StatusCode, String) {
+        let mvcc = self.mvcc.clone();
+        let alarms = || async { on_pool(move || mvcc.alarms()).await.ok().and_then(Result::ok) };
         let reason = if self.raft.metrics().borrow().current_leader.is_none() {
             Some("RAFT NO LEADER".to_string())
-        } else if let Some(alarm) = self.mvcc.alarms().ok().and_then(|alarms| alarms.into_iter().next()) {
+        } else if let Some(alarm) = alarms().await.and_then(|alarms| alarms.into_iter().next()) {
             Some(format!("ALARM {}", alarm_name(alarm.alarm)))
         } else if let Err(status) = self.read_barrier().await {
             Some(format!("READ FAILED: {}", status.message()))

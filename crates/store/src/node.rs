@@ -434,7 +434,7 @@ impl StoreNode {
     }
 
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader == Some(self.member_id)
+        self.raft.server_metrics().borrow().current_leader == Some(self.member_id)
     }
 
     /// Runs a leader-only call: here when this member leads, else on the

@@ -158,8 +158,9 @@ async fn run(
         }
         // "Not the leader" promises the caller that nothing was proposed, so
         // it may send the writes elsewhere: only said before submitting.
+        // Server metrics: they change with leadership, not with every write.
         let leading = {
-            let metrics = raft.metrics();
+            let metrics = raft.server_metrics();
             let metrics = metrics.borrow();
             metrics.current_leader == Some(metrics.id)
         };

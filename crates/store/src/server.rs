@@ -266,8 +266,10 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
             // share the client port with gRPC.
             tonic::transport::Server::builder()
                 .accept_http1(true)
-                .layer(tower::util::MapResponseLayer::new(crate::grpc_status::align_codes))
+                // Outermost first: HTTP/1 requests are answered before the
+                // gRPC status alignment, which only gRPC responses need.
                 .layer(http)
+                .layer(tower::util::MapResponseLayer::new(crate::grpc_status::align_codes))
                 .add_service(kv)
                 .add_service(maintenance)
                 .add_service(cluster)
