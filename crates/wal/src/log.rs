@@ -67,8 +67,24 @@ pub struct Wal {
     /// and where the next append goes.
     staged: Vec<u64>,
     staged_end: u64,
+    /// The last segment's bytes before this have been written by this
+    /// writer (records, or zeros ahead of them); see [`ZERO_AHEAD_BYTES`].
+    written_end: u64,
     deleter: Deleter,
 }
+
+/// Zeros written ahead of the records in the last segment: at least half
+/// this much is kept written past them. Preallocated space is allocated but unwritten, and the first write
+/// to each block of it makes `fdatasync` record the block as written too (a
+/// metadata write, an extra device round trip): with batches of 8 KiB, every
+/// sync paid it. Writing zeros first makes those syncs flush data alone;
+/// one sync per half of this carries them. Measured on this machine's ext4
+/// with 8 KiB appends each synced: 175 µs mean per sync over preallocated
+/// space, 121 µs with zeros written 1 MiB ahead. Zeros after the last record
+/// read as the end of the records, as preallocated space does.
+pub const ZERO_AHEAD_BYTES: u64 = 1024 * 1024;
+/// The zeros are written from a static buffer of this size.
+const ZERO_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Deletes purged segments on a thread of its own: freeing a large file's
 /// blocks takes tens of milliseconds (60–110 ms per purge measured after
@@ -152,6 +168,27 @@ fn write_lock(shared: &RwLock<Segments>) -> RwLockWriteGuard<'_, Segments> {
     shared.write().expect("wal segments lock")
 }
 
+/// Before records that end at `end` are written to `tail`: keeps at least
+/// half of `ZERO_AHEAD_BYTES` written past them, by writing zeros from
+/// where the writer has written (`written_end`, or `end`) up to
+/// `ZERO_AHEAD_BYTES` past `end` when less is left, never past `limit`
+/// (the preallocated length, so the file's size does not change).
+fn zero_ahead(tail: &Segment, end: u64, written_end: &mut u64, limit: u64) -> Result<()> {
+    static ZEROS: [u8; ZERO_CHUNK_BYTES] = [0; ZERO_CHUNK_BYTES];
+    let to = (end + ZERO_AHEAD_BYTES).min(limit);
+    if *written_end >= (end + ZERO_AHEAD_BYTES / 2).min(to) {
+        return Ok(());
+    }
+    let mut at = end.max(*written_end);
+    while at < to {
+        let len = (to - at).min(ZERO_CHUNK_BYTES as u64);
+        tail.file.write_all_at(&ZEROS[..len as usize], at).map_err(WalError::io(&tail.path))?;
+        at += len;
+    }
+    *written_end = end.max(to);
+    Ok(())
+}
+
 fn remove(segment: &Segment) -> Result<()> {
     tracing::debug!(path = %segment.path.display(), "removing wal segment");
     std::fs::remove_file(&segment.path).map_err(WalError::io(&segment.path))
@@ -212,6 +249,7 @@ impl Wal {
             buf: Vec::new(),
             staged: Vec::new(),
             staged_end,
+            written_end: staged_end,
             deleter: Deleter::start(dir)?,
         };
         Ok((wal, recovered))
@@ -256,6 +294,8 @@ impl Wal {
         self.prepare_segment(first)?;
         let segments = read_lock(&self.shared);
         let tail = segments.list.last().expect("a segment to append to");
+        let end = self.staged_end + self.buf.len() as u64;
+        zero_ahead(tail, end, &mut self.written_end, self.options.segment_bytes)?;
         tail.file.write_all_at(&self.buf, self.staged_end).map_err(WalError::io(&tail.path))?;
         self.staged.extend(relative.into_iter().map(|r| self.staged_end + r));
         self.staged_end += self.buf.len() as u64;
@@ -290,7 +330,7 @@ impl Wal {
             full.seal()?;
         }
         segments.list.push(Segment::create(&self.dir, first, self.options.segment_bytes)?);
-        self.staged_end = 0;
+        (self.staged_end, self.written_end) = (0, 0);
         Ok(())
     }
 
@@ -329,7 +369,8 @@ impl Wal {
             tail.preallocate(self.options.segment_bytes)?;
             break;
         }
-        self.staged_end = segments.list.last().map_or(0, |s| s.end);
+        let end = segments.list.last().map_or(0, |s| s.end);
+        (self.staged_end, self.written_end) = (end, end);
         drop(segments);
         if removed {
             segment::sync_dir(&self.dir)?;
@@ -354,7 +395,8 @@ impl Wal {
             .count();
         let removed: Vec<Segment> = segments.list.drain(..gone).collect();
         let emptied = segments.list.is_empty();
-        self.staged_end = segments.list.last().map_or(0, |s| s.end);
+        let end = segments.list.last().map_or(0, |s| s.end);
+        (self.staged_end, self.written_end) = (end, end);
         drop(segments);
         if removed.is_empty() {
             return Ok(());

@@ -215,3 +215,62 @@ fn limited_reads_stop_at_the_byte_budget_across_segments() {
     }
     assert_eq!(reader.read_limited(10, 20, u64::MAX).unwrap(), reader.read(10, 20).unwrap());
 }
+
+/// Blocks of `path` the file system holds as allocated but never written
+/// (`filefrag -v`'s "unwritten" extents), as `(first, last)` block numbers;
+/// `None` when the tool or the file system cannot tell.
+fn unwritten_blocks(path: &Path) -> Option<Vec<(u64, u64)>> {
+    let tool = ["/usr/sbin/filefrag", "/sbin/filefrag"].into_iter().find(|p| Path::new(p).exists())?;
+    let out = std::process::Command::new(tool).arg("-v").arg(path).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !text.contains("logical_offset") {
+        return None;
+    }
+    let mut unwritten = Vec::new();
+    for line in text.lines().filter(|l| l.contains("unwritten")) {
+        // "   1:        2..     255:   55132930..  55133183:    254:   last,unwritten,eof"
+        let logical = line.split(':').nth(1)?;
+        let (first, last) = logical.split_once("..")?;
+        unwritten.push((first.trim().parse().ok()?, last.trim().parse().ok()?));
+    }
+    Some(unwritten)
+}
+
+#[test]
+fn space_ahead_of_the_records_is_written_before_they_reach_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    // 3 MiB of records in 8 KiB appends: each sync starts new blocks.
+    let record = vec![7u8; 1024];
+    for start in (1..=3072u64).step_by(8) {
+        wal.append((start..start + 8).map(|i| (i, record.as_slice()))).unwrap();
+        wal.sync().unwrap();
+    }
+    let path = dir.path().join(segment_files(dir.path()).pop().unwrap());
+    let bytes = std::fs::read(&path).unwrap();
+    let end = bytes.iter().rposition(|b| *b != 0).unwrap() as u64 + 1;
+    match unwritten_blocks(&path) {
+        None => eprintln!("skipped the extent check: filefrag cannot read this file system's extents"),
+        Some(unwritten) => {
+            let ahead_last_block = (end + wal::ZERO_AHEAD_BYTES / 2) / 4096 - 1;
+            for (first, last) in unwritten {
+                assert!(
+                    first > ahead_last_block,
+                    "blocks {first}..={last} are unwritten, but everything up to block {ahead_last_block} \
+                     (the records' end {end} and {} bytes ahead) should be written",
+                    wal::ZERO_AHEAD_BYTES / 2
+                );
+            }
+        }
+    }
+    drop(wal);
+    let (wal, recovered) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(
+        (recovered.last_index, recovered.torn_bytes),
+        (Some(3072), 0),
+        "the zeros ahead are no torn append"
+    );
+    let read = wal.reader().read(1, 3073).unwrap();
+    assert_eq!(read.len(), 3072);
+    assert!(read.iter().all(|(_, payload)| payload == &record));
+}
