@@ -1,6 +1,10 @@
-//! Applying committed commands: the write path. One redb write transaction per
-//! batch of log entries; each command that changes the key space takes the next
-//! revision.
+//! Applying committed commands: the write path. Each command that changes the
+//! key space takes the next revision. A batch of log entries applies in one
+//! redb write transaction, which may stay open for later batches
+//! (`ApplyBatch::finish`): committing costs more than applying a few puts,
+//! so, as etcd's backend does, the engine commits when the layer above says
+//! it is time (every 100 ms there) while nothing reads — and at once when
+//! something does.
 
 use etcd_proto::etcdserverpb::{
     request_op, response_op, AlarmRequest, CompactionRequest, CompactionResponse, DeleteRangeRequest,
@@ -10,35 +14,49 @@ use etcd_proto::etcdserverpb::{
 use etcd_proto::fivefoldpb::{command, command_response, ApplyError, Command, CommandResponse, Empty};
 use etcd_proto::mvccpb::{event, Event, KeyValue};
 use prost::Message;
+use std::sync::MutexGuard;
+
 use redb::{Durability, ReadableTable, Table, WriteTransaction};
 
 use crate::encoding::{encode_row, rev_row, Version};
 use crate::error::{MvccError, StorageError};
 use crate::index::{KeyIndex, Ver};
 use crate::lease::{self, LeaseChange, LEASES, LEASE_KEYS};
+use crate::limits::APPLY_OPEN_COMMANDS_MAX;
 use crate::maintenance::ALARMS;
 use crate::read::{self, ReadView, Source};
 use crate::span::Span;
-use crate::store::{MvccStore, KV_BY_REV, MEMBERS, META, META_COMPACT, META_REVISION};
+use crate::store::{MvccStore, OpenApply, KV_BY_REV, MEMBERS, META, META_COMPACT, META_REVISION};
 use crate::KvError;
 
 type KvTable<'t> = Table<'t, u128, &'static [u8]>;
 
-/// Takes back what a batch added to the key index unless the batch commits:
-/// the index must never name a revision the engine does not hold.
+/// Takes back what a transaction added to the key index unless it commits
+/// or stays open: the index must never name a revision the engine does not
+/// hold.
 struct IndexUndo<'s> {
     store: &'s MvccStore,
-    /// The store revision when the batch began.
+    /// The store revision when the transaction began.
     base: u64,
-    /// Keys that got a version in this batch.
+    /// Keys that got a version in the transaction.
     touched: Vec<Vec<u8>>,
+    /// The transaction holds commands of earlier batches, already answered:
+    /// losing it loses them.
+    continued: bool,
     armed: bool,
 }
 
 impl Drop for IndexUndo<'_> {
     fn drop(&mut self) {
-        if self.armed && !self.touched.is_empty() {
+        if !self.armed {
+            return;
+        }
+        if !self.touched.is_empty() {
             self.store.index_mut().truncate_after(&self.touched, self.base);
+        }
+        if self.continued {
+            self.store.fail("an apply continuing an open transaction failed".into());
+            self.store.note_open(false);
         }
     }
 }
@@ -111,10 +129,17 @@ impl<'w, 't> Writer<'w, 't> {
     }
 }
 
-/// A batch of commands applied in one engine transaction.
+/// A batch of commands applied in one engine transaction (perhaps one an
+/// earlier batch left open). Dropped unfinished, it takes back what its
+/// transaction added. Fields drop in order: the transaction, then the undo,
+/// then the slot, so no reader sees the slot empty before the undo is done.
 pub struct ApplyBatch<'s> {
     txn: WriteTransaction,
     state: BatchState<'s>,
+    /// The store's open-transaction slot, held for the whole batch.
+    slot: MutexGuard<'s, Option<OpenApply>>,
+    /// Commands applied in the transaction, earlier batches' included.
+    commands: usize,
 }
 
 /// Everything of a batch but its transaction, so that a command can borrow
@@ -136,9 +161,23 @@ struct BatchState<'s> {
     no_space: bool,
 }
 
-/// What a committed batch changed.
+/// How an apply batch ends (`ApplyBatch::finish`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Leave the transaction open for the next batch, unless a commit is due.
+    Lazy,
+    /// Commit now.
+    Commit,
+    /// Commit now, durably: this and every earlier commit survive a crash of
+    /// the machine.
+    Durable,
+}
+
+/// What an applied batch changed.
 #[derive(Debug, Default)]
 pub struct Committed {
+    /// Whether the engine committed the batch (else its transaction is open).
+    pub engine_committed: bool,
     /// The store revision after the batch.
     pub revision: i64,
     /// The compacted revision after the batch.
@@ -158,20 +197,36 @@ struct Path {
 
 impl<'s> ApplyBatch<'s> {
     pub(crate) fn begin(store: &'s MvccStore) -> Result<ApplyBatch<'s>, StorageError> {
-        let txn = store.begin_write()?;
+        let mut slot = store.open_apply();
+        store.check_failed()?;
+        // Built before anything can fail, so an open transaction taken out
+        // of the slot is undone (and the loss recorded) if it is dropped.
+        let mut undo = IndexUndo { store, base: 0, touched: Vec::new(), continued: false, armed: true };
+        let (txn, commands) = match slot.take() {
+            Some(open) => {
+                undo.base = open.base;
+                undo.touched = open.touched;
+                undo.continued = true;
+                (open.txn, open.commands)
+            }
+            None => (store.engine_write()?, 0),
+        };
         let (revision, compacted) = crate::store::read_revisions(&txn.open_table(META)?)?;
         let no_space = crate::maintenance::no_space(&txn.open_table(ALARMS)?)?;
+        if !undo.continued {
+            undo.base = revision as u64;
+        }
         let state = BatchState {
             store,
             revision,
             compacted,
             events: Vec::new(),
             lease_changes: Vec::new(),
-            undo: IndexUndo { store, base: revision as u64, touched: Vec::new(), armed: true },
+            undo,
             compact_at: None,
             no_space,
         };
-        Ok(ApplyBatch { txn, state })
+        Ok(ApplyBatch { txn, state, slot, commands })
     }
 
     /// The store revision as of the commands applied so far.
@@ -183,6 +238,7 @@ impl<'s> ApplyBatch<'s> {
     /// command still counts as applied); an `Err` is an engine failure.
     pub fn apply(&mut self, cmd: &Command) -> Result<CommandResponse, StorageError> {
         let mut kv = self.txn.open_table(KV_BY_REV)?;
+        self.commands += 1;
         self.state.apply(&self.txn, &mut kv, cmd)
     }
 
@@ -190,6 +246,7 @@ impl<'s> ApplyBatch<'s> {
     /// opened once for all of them.
     pub fn apply_all(&mut self, cmds: &[Command]) -> Result<Vec<CommandResponse>, StorageError> {
         let mut kv = self.txn.open_table(KV_BY_REV)?;
+        self.commands += cmds.len();
         cmds.iter().map(|cmd| self.state.apply(&self.txn, &mut kv, cmd)).collect()
     }
 
@@ -205,33 +262,79 @@ impl<'s> ApplyBatch<'s> {
     /// database, is the durable record, and entries after the last durable commit
     /// are applied again on restart.
     pub fn commit(self, durable: bool) -> Result<Committed, StorageError> {
-        let ApplyBatch { mut txn, mut state } = self;
-        {
-            let mut meta = txn.open_table(META)?;
-            meta.insert(META_REVISION, state.revision.to_be_bytes().as_slice())?;
-            meta.insert(META_COMPACT, state.compacted.to_be_bytes().as_slice())?;
+        self.write_revisions()?;
+        let ApplyBatch { txn, mut state, slot, .. } = self;
+        let committed = commit_txn(txn, &mut state, durable).map(|()| state.committed(true));
+        // A failed commit's undo runs before the slot is let go.
+        drop(state);
+        drop(slot);
+        committed
+    }
+
+    /// Ends the batch as `how` says. `Finish::Lazy` leaves the transaction
+    /// open for the next batch unless a commit is due anyway (a compaction,
+    /// or `APPLY_OPEN_COMMANDS_MAX` commands in it). Either way the batch
+    /// counts as applied: its revision is the store's, and a read commits
+    /// it first. `Committed::engine_committed` says which it was.
+    pub fn finish(self, how: Finish) -> Result<Committed, StorageError> {
+        let due = self.state.compact_at.is_some() || self.commands >= APPLY_OPEN_COMMANDS_MAX;
+        match how {
+            Finish::Durable => return self.commit(true),
+            Finish::Commit => return self.commit(false),
+            Finish::Lazy if due => return self.commit(false),
+            Finish::Lazy => {}
         }
-        let durability = if durable { Durability::Immediate } else { Durability::None };
-        txn.set_durability(durability)?;
-        // A compaction's rows go and its index versions go under the index's
-        // write lock, so no reader pairs one state with the other.
-        let index = state.compact_at.map(|at| (at, state.store.index_mut()));
-        txn.commit()?;
+        self.write_revisions()?;
+        let ApplyBatch { txn, mut state, mut slot, commands } = self;
         state.undo.armed = false;
-        if let Some((at, mut index)) = index {
-            index.compact(at);
-        }
-        state.store.note_commit(state.revision);
-        Ok(Committed {
-            revision: state.revision,
-            compacted: state.compacted,
-            events: std::mem::take(&mut state.events),
-            lease_changes: std::mem::take(&mut state.lease_changes),
-        })
+        let touched = std::mem::take(&mut state.undo.touched);
+        *slot = Some(OpenApply { txn, base: state.undo.base, touched, commands });
+        state.store.note_open(true);
+        state.store.note_applied(state.revision);
+        Ok(state.committed(false))
+    }
+
+    /// Records the batch's revisions in its transaction.
+    fn write_revisions(&self) -> Result<(), StorageError> {
+        let mut meta = self.txn.open_table(META)?;
+        meta.insert(META_REVISION, self.state.revision.to_be_bytes().as_slice())?;
+        meta.insert(META_COMPACT, self.state.compacted.to_be_bytes().as_slice())?;
+        Ok(())
     }
 }
 
+/// Commits a batch's transaction and settles the index and the store.
+fn commit_txn(
+    mut txn: WriteTransaction,
+    state: &mut BatchState<'_>,
+    durable: bool,
+) -> Result<(), StorageError> {
+    txn.set_durability(if durable { Durability::Immediate } else { Durability::None })?;
+    // A compaction's rows go and its index versions go under the index's
+    // write lock, so no reader pairs one state with the other.
+    let index = state.compact_at.map(|at| (at, state.store.index_mut()));
+    txn.commit()?;
+    state.undo.armed = false;
+    if let Some((at, mut index)) = index {
+        index.compact(at);
+    }
+    state.store.note_open(false);
+    state.store.note_commit(state.revision);
+    Ok(())
+}
+
 impl<'s> BatchState<'s> {
+    /// What the batch changed, taken out of it.
+    fn committed(&mut self, engine_committed: bool) -> Committed {
+        Committed {
+            engine_committed,
+            revision: self.revision,
+            compacted: self.compacted,
+            events: std::mem::take(&mut self.events),
+            lease_changes: std::mem::take(&mut self.lease_changes),
+        }
+    }
+
     fn apply(
         &mut self,
         txn: &WriteTransaction,

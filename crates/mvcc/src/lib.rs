@@ -40,7 +40,7 @@ pub mod span;
 pub mod store;
 pub mod validate;
 
-pub use apply::{ApplyBatch, Committed};
+pub use apply::{ApplyBatch, Committed, Finish};
 pub use error::{GrpcCode, MvccError, StorageError};
 pub use lease::LeaseChange;
 pub use snapshot::SnapshotView;

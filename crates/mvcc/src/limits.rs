@@ -23,3 +23,7 @@ pub const LEASE_TTL_MAX_SECONDS: i64 = 9_000_000_000;
 /// 1 GiB, which a member would grow into): reads beyond it go through the OS
 /// page cache, which does not count against the process.
 pub const CACHE_BYTES_DEFAULT: usize = 128 * 1024 * 1024;
+
+/// Most commands an apply transaction takes across batches before it
+/// commits (etcd's backend batch limit is the same 10,000).
+pub const APPLY_OPEN_COMMANDS_MAX: usize = 10_000;

@@ -1,8 +1,8 @@
 //! The MVCC store: the redb database, its tables, and the read entry points.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use etcd_proto::etcdserverpb::{
@@ -10,7 +10,9 @@ use etcd_proto::etcdserverpb::{
 };
 use etcd_proto::fivefoldpb::MemberAttributes;
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
 
 use crate::apply::ApplyBatch;
 use crate::error::{MvccError, StorageError};
@@ -53,6 +55,32 @@ pub struct MvccStore {
     /// The file's length as of the last commit: the quota check reads it on
     /// every write, so it is not a file-system call per request.
     file_bytes: AtomicU64,
+    /// Applied commands whose engine transaction is still open (see
+    /// `ApplyBatch::finish`). Taken by an apply for its whole batch, and by
+    /// whoever commits the transaction: a reader, a writer of its own, or
+    /// defragmentation, which holds it throughout so no apply begins.
+    open: Mutex<Option<OpenApply>>,
+    /// Whether `open` holds applied commands (or an apply continuing them
+    /// does): a read commits them first; while false, reads skip the lock.
+    has_open: AtomicBool,
+    /// Set when applied commands were lost from the engine (their commit
+    /// failed, or an apply continuing them failed): the engine no longer
+    /// holds what clients were told, so every read and write is refused
+    /// until the member restarts and applies its log again.
+    failed: OnceLock<String>,
+}
+
+/// An apply transaction left open after its batch (`ApplyBatch::finish`):
+/// its commands are applied and answered, and commit with a later batch or
+/// when something reads.
+pub(crate) struct OpenApply {
+    pub txn: WriteTransaction,
+    /// The store revision when the transaction began.
+    pub base: u64,
+    /// Keys that got a version in the transaction (to undo in the index).
+    pub touched: Vec<Vec<u8>>,
+    /// Commands applied in it so far.
+    pub commands: usize,
 }
 
 impl std::fmt::Debug for MvccStore {
@@ -115,17 +143,100 @@ impl MvccStore {
             path: path.to_path_buf(),
             revision: AtomicI64::new(revision),
             file_bytes: AtomicU64::new(0),
+            open: Mutex::new(None),
+            has_open: AtomicBool::new(false),
+            failed: OnceLock::new(),
         };
         store.note_file_size();
         Ok(store)
     }
 
-    pub(crate) fn begin_read(&self) -> Result<redb::ReadTransaction, redb::TransactionError> {
-        self.db.read().expect("database lock").begin_read()
+    /// A read transaction holding every applied command.
+    pub(crate) fn begin_read(&self) -> Result<redb::ReadTransaction, StorageError> {
+        self.commit_open_apply()?;
+        Ok(self.db.read().expect("database lock").begin_read()?)
     }
 
-    pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction, redb::TransactionError> {
-        self.db.read().expect("database lock").begin_write()
+    /// A write transaction of its own (not an apply's), after every applied
+    /// command is committed.
+    pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction, StorageError> {
+        let mut open = self.open_apply();
+        self.commit_open(&mut open, false)?;
+        Ok(self.db.read().expect("database lock").begin_write()?)
+    }
+
+    /// A write transaction straight from the engine: for an apply, which
+    /// holds the open-transaction slot already.
+    pub(crate) fn engine_write(&self) -> Result<redb::WriteTransaction, StorageError> {
+        Ok(self.db.read().expect("database lock").begin_write()?)
+    }
+
+    /// The open apply transaction's slot, waited for.
+    pub(crate) fn open_apply(&self) -> MutexGuard<'_, Option<OpenApply>> {
+        self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Marks that applied commands are (or are no longer) held by an open
+    /// transaction.
+    pub(crate) fn note_open(&self, open: bool) {
+        self.has_open.store(open, Ordering::Release);
+    }
+
+    /// Whether applied commands wait in an open transaction for their commit.
+    pub fn is_apply_open(&self) -> bool {
+        self.has_open.load(Ordering::Acquire)
+    }
+
+    /// Refuses service once applied commands were lost (see `failed`).
+    pub(crate) fn check_failed(&self) -> Result<(), StorageError> {
+        match self.failed.get() {
+            None => Ok(()),
+            Some(reason) => Err(StorageError(format!(
+                "the engine lost applied writes ({reason}); restart this member, which applies them again from its log"
+            ))),
+        }
+    }
+
+    /// Records that applied commands were lost from the engine.
+    pub(crate) fn fail(&self, reason: String) {
+        tracing::error!(%reason, "the engine lost applied writes; this member refuses reads and writes until restarted");
+        let _ = self.failed.set(reason);
+    }
+
+    /// Commits the applied commands of an open apply transaction, if there
+    /// are any, so that a read sees them.
+    fn commit_open_apply(&self) -> Result<(), StorageError> {
+        if self.has_open.load(Ordering::Acquire) {
+            let mut open = self.open_apply();
+            self.commit_open(&mut open, false)?;
+        }
+        self.check_failed()
+    }
+
+    /// Commits the transaction in `slot`, if any. On failure its commands
+    /// leave the key index and the store refuses service (`failed`).
+    pub(crate) fn commit_open(
+        &self,
+        slot: &mut Option<OpenApply>,
+        durable: bool,
+    ) -> Result<(), StorageError> {
+        let Some(open) = slot.take() else { return Ok(()) };
+        let mut txn = open.txn;
+        let durability = if durable { redb::Durability::Immediate } else { redb::Durability::None };
+        let result =
+            txn.set_durability(durability).map_err(StorageError::from).and_then(|()| Ok(txn.commit()?));
+        self.note_open(false);
+        match result {
+            Ok(()) => {
+                self.note_file_size();
+                Ok(())
+            }
+            Err(e) => {
+                self.index_mut().truncate_after(&open.touched, open.base);
+                self.fail(format!("committing {} applied commands: {e}", open.commands));
+                Err(e)
+            }
+        }
     }
 
     pub(crate) fn index(&self) -> RwLockReadGuard<'_, KeyIndex> {
@@ -141,6 +252,9 @@ impl MvccStore {
     /// serving. Gives up with an error if transactions stay open too long.
     pub fn defragment(&self) -> Result<(), StorageError> {
         const ATTEMPTS: u32 = 200;
+        // Held throughout: no apply begins a transaction while redb compacts.
+        let mut open = self.open_apply();
+        self.commit_open(&mut open, false)?;
         let mut db = self.db.write().expect("database lock");
         for _ in 0..ATTEMPTS {
             match db.compact() {
@@ -168,9 +282,15 @@ impl MvccStore {
         self.revision.load(Ordering::Acquire)
     }
 
-    pub(crate) fn note_commit(&self, revision: i64) {
+    /// Records the revision of the last applied batch.
+    pub(crate) fn note_applied(&self, revision: i64) {
         let before = self.revision.swap(revision, Ordering::AcqRel);
         assert!(revision >= before, "store revision never goes back: {before} -> {revision}");
+    }
+
+    /// Records a committed batch: its revision, and the file's size.
+    pub(crate) fn note_commit(&self, revision: i64) {
+        self.note_applied(revision);
         self.note_file_size();
     }
 
@@ -194,9 +314,14 @@ impl MvccStore {
         ApplyBatch::begin(self)
     }
 
-    /// Makes every earlier non-durable commit durable.
+    /// Makes every applied command and earlier non-durable commit durable.
     pub fn persist(&self) -> Result<(), StorageError> {
-        let mut txn = self.begin_write()?;
+        let mut open = self.open_apply();
+        if open.is_some() {
+            return self.commit_open(&mut open, true);
+        }
+        self.check_failed()?;
+        let mut txn = self.db.read().expect("database lock").begin_write()?;
         txn.set_durability(redb::Durability::Immediate)?;
         txn.commit()?;
         self.note_file_size();
@@ -208,19 +333,34 @@ impl MvccStore {
     /// every row the transaction holds and no compaction or snapshot install
     /// can come between the two (both change the index and the rows under
     /// the index's write lock).
-    pub(crate) fn read_pair(&self) -> Result<ReadPair<'_>, redb::TransactionError> {
+    pub(crate) fn read_pair(&self) -> Result<ReadPair<'_>, StorageError> {
+        self.commit_open_apply()?;
         let db = self.db.read().expect("database lock");
         let index = self.index();
         let txn = db.begin_read()?;
         Ok(ReadPair { txn, index })
     }
 
-    /// `read_pair`, or `None` at once if the database (defragmenting) or the
-    /// index (an apply or install) is taken.
-    fn try_read_pair(&self) -> Option<Result<ReadPair<'_>, redb::TransactionError>> {
+    /// `read_pair`, or `None` at once if an apply holds its transaction, or
+    /// the database (defragmenting) or the index (an apply or install) is
+    /// taken.
+    fn try_read_pair(&self) -> Option<Result<ReadPair<'_>, StorageError>> {
+        if self.has_open.load(Ordering::Acquire) {
+            let mut open = match self.open.try_lock() {
+                Ok(open) => open,
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return None,
+            };
+            if let Err(e) = self.commit_open(&mut open, false) {
+                return Some(Err(e));
+            }
+        }
+        if let Err(e) = self.check_failed() {
+            return Some(Err(e));
+        }
         let db = self.db.try_read().ok()?;
         let index = self.index.try_read().ok()?;
-        Some(db.begin_read().map(|txn| ReadPair { txn, index }))
+        Some(db.begin_read().map(|txn| ReadPair { txn, index }).map_err(StorageError::from))
     }
 
     /// Serves a Range from the last applied state.

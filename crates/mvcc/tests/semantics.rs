@@ -539,7 +539,12 @@ fn readers_racing_applies_and_compactions_never_see_a_torn_state() {
                 })
                 .unwrap();
         }
-        batch.commit(false).unwrap();
+        // Left open unless due: readers commit it when they read.
+        batch.finish(mvcc::Finish::Lazy).unwrap();
+        if round % 3 == 0 {
+            // An answered batch is what the next read sees, open or not.
+            assert_eq!(get(&store, "k00", 0).unwrap(), Some(round.to_string()));
+        }
     }
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     for reader in readers {
@@ -547,4 +552,78 @@ fn readers_racing_applies_and_compactions_never_see_a_torn_state() {
     }
     let kv = store.range(&RangeRequest { key: "k07".into(), ..Default::default() }).unwrap().kvs.remove(0);
     assert_eq!((kv.value, kv.version), (ROUNDS.to_string().into_bytes(), ROUNDS as i64 + 1));
+}
+
+/// Applies puts of `pairs` in one batch that stays open (`finish`).
+fn put_open(store: &MvccStore, pairs: &[(&str, &str)]) -> i64 {
+    let mut batch = store.begin_apply().unwrap();
+    for (key, value) in pairs {
+        let req = PutRequest { key: (*key).into(), value: (*value).into(), ..Default::default() };
+        batch.apply(&Command { kind: Some(command::Kind::Put(req)) }).unwrap();
+    }
+    batch.finish(mvcc::Finish::Lazy).unwrap().revision
+}
+
+#[test]
+fn applies_left_open_are_read_hashed_and_made_durable_like_committed_ones() {
+    let (dir, store) = open();
+    let (_other_dir, committed) = open();
+    assert_eq!(put_open(&store, &[("a", "1"), ("b", "1")]), 3);
+    assert_eq!(put_open(&store, &[("a", "2")]), 4);
+    assert_eq!(store.revision(), 4, "an open batch is applied");
+    for (key, value) in [("a", "1"), ("b", "1"), ("a", "2")] {
+        put(&committed, key, value);
+    }
+    // A read commits the open transaction first, so it sees every answered write.
+    assert_eq!(get(&store, "a", 0).unwrap().as_deref(), Some("2"));
+    assert_eq!(get(&store, "a", 3).unwrap().as_deref(), Some("1"));
+    assert_eq!(put_open(&store, &[("c", "1")]), 5);
+    put(&committed, "c", "1");
+    assert_eq!(store.hash_kv(0).unwrap(), committed.hash_kv(0).unwrap());
+    let history = store.history(2, 5, 100).unwrap();
+    assert_eq!(history.events.len(), 4);
+    // Defragmenting commits what is open and keeps it.
+    assert_eq!(put_open(&store, &[("d", "1")]), 6);
+    store.defragment().unwrap();
+    assert_eq!(get(&store, "d", 0).unwrap().as_deref(), Some("1"));
+    // `persist` makes open writes durable: they survive a reopen.
+    assert_eq!(put_open(&store, &[("e", "1")]), 7);
+    store.persist().unwrap();
+    drop(store);
+    let store = MvccStore::open(&dir.path().join("mvcc.redb")).unwrap();
+    assert_eq!(store.revision(), 7);
+    assert_eq!(get(&store, "e", 0).unwrap().as_deref(), Some("1"));
+}
+
+#[test]
+fn a_store_that_loses_answered_writes_refuses_service() {
+    let (_dir, store) = open();
+    put_open(&store, &[("a", "1")]);
+    {
+        // An apply continuing the open transaction fails (dropped unfinished):
+        // the write above, already answered, is gone from the engine.
+        let mut batch = store.begin_apply().unwrap();
+        let req = PutRequest { key: "b".into(), value: "1".into(), ..Default::default() };
+        batch.apply(&Command { kind: Some(command::Kind::Put(req)) }).unwrap();
+    }
+    let err = store.range(&RangeRequest { key: "a".into(), ..Default::default() }).unwrap_err();
+    assert!(matches!(err, mvcc::KvError::Storage(_)), "{err}");
+    assert!(err.to_string().contains("restart this member"), "{err}");
+    assert!(store.begin_apply().is_err(), "no apply on a store that lost writes");
+    assert!(store.try_range(&RangeRequest { key: "a".into(), ..Default::default() }).unwrap().is_err());
+}
+
+#[test]
+fn an_open_apply_commits_once_it_holds_enough_commands() {
+    let (_dir, store) = open();
+    let per_batch = 1_000;
+    let mut revision = 0;
+    for round in 0..mvcc::limits::APPLY_OPEN_COMMANDS_MAX / per_batch {
+        let pairs: Vec<(String, String)> =
+            (0..per_batch).map(|i| (format!("k{i:04}"), round.to_string())).collect();
+        let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        revision = put_open(&store, &borrowed);
+        assert_eq!(store.is_apply_open(), round + 1 < mvcc::limits::APPLY_OPEN_COMMANDS_MAX / per_batch);
+    }
+    assert_eq!(revision, 1 + mvcc::limits::APPLY_OPEN_COMMANDS_MAX as i64);
 }
