@@ -2,9 +2,8 @@
 //! key space takes the next revision. A batch of log entries applies in one
 //! redb write transaction, which may stay open for later batches
 //! (`ApplyBatch::finish`): committing costs more than applying a few puts,
-//! so, as etcd's backend does, the engine commits when the layer above says
-//! it is time (every 100 ms there) while nothing reads — and at once when
-//! something does.
+//! so, as etcd's backend does, the engine commits at most every
+//! `APPLY_OPEN_MAX` while nothing reads — and at once when something does.
 
 use etcd_proto::etcdserverpb::{
     request_op, response_op, AlarmRequest, CompactionRequest, CompactionResponse, DeleteRangeRequest,
@@ -15,6 +14,7 @@ use etcd_proto::fivefoldpb::{command, command_response, ApplyError, Command, Com
 use etcd_proto::mvccpb::{event, Event, KeyValue};
 use prost::Message;
 use std::sync::MutexGuard;
+use std::time::Instant;
 
 use redb::{Durability, ReadableTable, Table, WriteTransaction};
 
@@ -22,7 +22,7 @@ use crate::encoding::{encode_row, rev_row, Version};
 use crate::error::{MvccError, StorageError};
 use crate::index::{KeyIndex, Ver};
 use crate::lease::{self, LeaseChange, LEASES, LEASE_KEYS};
-use crate::limits::APPLY_OPEN_COMMANDS_MAX;
+use crate::limits::{APPLY_OPEN_COMMANDS_MAX, APPLY_OPEN_MAX};
 use crate::maintenance::ALARMS;
 use crate::read::{self, ReadView, Source};
 use crate::span::Span;
@@ -138,6 +138,8 @@ pub struct ApplyBatch<'s> {
     state: BatchState<'s>,
     /// The store's open-transaction slot, held for the whole batch.
     slot: MutexGuard<'s, Option<OpenApply>>,
+    /// When the transaction began (in this batch or an earlier one).
+    opened: Instant,
     /// Commands applied in the transaction, earlier batches' included.
     commands: usize,
 }
@@ -202,14 +204,14 @@ impl<'s> ApplyBatch<'s> {
         // Built before anything can fail, so an open transaction taken out
         // of the slot is undone (and the loss recorded) if it is dropped.
         let mut undo = IndexUndo { store, base: 0, touched: Vec::new(), continued: false, armed: true };
-        let (txn, commands) = match slot.take() {
+        let (txn, opened, commands) = match slot.take() {
             Some(open) => {
                 undo.base = open.base;
                 undo.touched = open.touched;
                 undo.continued = true;
-                (open.txn, open.commands)
+                (open.txn, open.opened, open.commands)
             }
-            None => (store.engine_write()?, 0),
+            None => (store.engine_write()?, Instant::now(), 0),
         };
         let (revision, compacted) = crate::store::read_revisions(&txn.open_table(META)?)?;
         let no_space = crate::maintenance::no_space(&txn.open_table(ALARMS)?)?;
@@ -226,7 +228,7 @@ impl<'s> ApplyBatch<'s> {
             compact_at: None,
             no_space,
         };
-        Ok(ApplyBatch { txn, state, slot, commands })
+        Ok(ApplyBatch { txn, state, slot, opened, commands })
     }
 
     /// The store revision as of the commands applied so far.
@@ -273,11 +275,14 @@ impl<'s> ApplyBatch<'s> {
 
     /// Ends the batch as `how` says. `Finish::Lazy` leaves the transaction
     /// open for the next batch unless a commit is due anyway (a compaction,
-    /// or `APPLY_OPEN_COMMANDS_MAX` commands in it). Either way the batch
-    /// counts as applied: its revision is the store's, and a read commits
-    /// it first. `Committed::engine_committed` says which it was.
+    /// `APPLY_OPEN_COMMANDS_MAX` commands in it, or open `APPLY_OPEN_MAX`).
+    /// Either way the batch counts as applied: its revision is the store's,
+    /// and a read commits it first. `Committed::engine_committed` says
+    /// which it was.
     pub fn finish(self, how: Finish) -> Result<Committed, StorageError> {
-        let due = self.state.compact_at.is_some() || self.commands >= APPLY_OPEN_COMMANDS_MAX;
+        let due = self.state.compact_at.is_some()
+            || self.commands >= APPLY_OPEN_COMMANDS_MAX
+            || self.opened.elapsed() >= APPLY_OPEN_MAX;
         match how {
             Finish::Durable => return self.commit(true),
             Finish::Commit => return self.commit(false),
@@ -285,10 +290,10 @@ impl<'s> ApplyBatch<'s> {
             Finish::Lazy => {}
         }
         self.write_revisions()?;
-        let ApplyBatch { txn, mut state, mut slot, commands } = self;
+        let ApplyBatch { txn, mut state, mut slot, opened, commands } = self;
         state.undo.armed = false;
         let touched = std::mem::take(&mut state.undo.touched);
-        *slot = Some(OpenApply { txn, base: state.undo.base, touched, commands });
+        *slot = Some(OpenApply { txn, base: state.undo.base, touched, opened, commands });
         state.store.note_open(true);
         state.store.note_applied(state.revision);
         Ok(state.committed(false))

@@ -24,6 +24,14 @@ pub const LEASE_TTL_MAX_SECONDS: i64 = 9_000_000_000;
 /// page cache, which does not count against the process.
 pub const CACHE_BYTES_DEFAULT: usize = 128 * 1024 * 1024;
 
+/// Longest an apply transaction stays open across batches while nothing
+/// reads (etcd's backend commit interval is the same 100 ms). A read commits
+/// it at once; Raft's log, not the engine, is what makes a write durable.
+/// Committing per apply cost a redb commit for every ~20 puts; leaving it
+/// open raised put 1x1 on 3 members from 1,173–1,325 to 1,364–1,475
+/// puts/s (docs/BENCHMARKS.md).
+pub const APPLY_OPEN_MAX: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Most commands an apply transaction takes across batches before it
 /// commits (etcd's backend batch limit is the same 10,000).
 pub const APPLY_OPEN_COMMANDS_MAX: usize = 10_000;

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_proto::etcdserverpb::{
     request_op, response_op, RangeRequest, RangeResponse, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
@@ -50,7 +50,8 @@ pub struct MvccStore {
     /// commit; a snapshot install takes it for its commit.
     index: RwLock<KeyIndex>,
     path: PathBuf,
-    /// The revision of the last committed batch, for cheap status reads.
+    /// The revision of the last applied batch (committed to the engine, or
+    /// in its open transaction), for cheap status reads.
     revision: AtomicI64,
     /// The file's length as of the last commit: the quota check reads it on
     /// every write, so it is not a file-system call per request.
@@ -79,6 +80,9 @@ pub(crate) struct OpenApply {
     pub base: u64,
     /// Keys that got a version in the transaction (to undo in the index).
     pub touched: Vec<Vec<u8>>,
+    /// When the transaction began. The clock decides only when the engine
+    /// commits, never what it holds.
+    pub opened: Instant,
     /// Commands applied in it so far.
     pub commands: usize,
 }
@@ -160,8 +164,11 @@ impl MvccStore {
     /// A write transaction of its own (not an apply's), after every applied
     /// command is committed.
     pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction, StorageError> {
+        // Held until the transaction exists: an apply that came between
+        // would leave its own open and this would wait for it.
         let mut open = self.open_apply();
         self.commit_open(&mut open, false)?;
+        self.check_failed()?;
         Ok(self.db.read().expect("database lock").begin_write()?)
     }
 
@@ -171,9 +178,14 @@ impl MvccStore {
         Ok(self.db.read().expect("database lock").begin_write()?)
     }
 
-    /// The open apply transaction's slot, waited for.
+    /// The open apply transaction's slot, waited for. A panic while it was
+    /// held (in an apply or a commit) may have lost answered writes: the
+    /// store is marked failed.
     pub(crate) fn open_apply(&self) -> MutexGuard<'_, Option<OpenApply>> {
-        self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.open.lock().unwrap_or_else(|poisoned| {
+            self.fail("a panic while applying or committing".into());
+            poisoned.into_inner()
+        })
     }
 
     /// Marks that applied commands are (or are no longer) held by an open
@@ -214,7 +226,8 @@ impl MvccStore {
     }
 
     /// Commits the transaction in `slot`, if any. On failure its commands
-    /// leave the key index and the store refuses service (`failed`).
+    /// leave the key index and the store refuses service (`failed`) before
+    /// reads stop committing first, so no read sees the loss.
     pub(crate) fn commit_open(
         &self,
         slot: &mut Option<OpenApply>,
@@ -225,18 +238,35 @@ impl MvccStore {
         let durability = if durable { redb::Durability::Immediate } else { redb::Durability::None };
         let result =
             txn.set_durability(durability).map_err(StorageError::from).and_then(|()| Ok(txn.commit()?));
-        self.note_open(false);
-        match result {
-            Ok(()) => {
-                self.note_file_size();
-                Ok(())
-            }
-            Err(e) => {
-                self.index_mut().truncate_after(&open.touched, open.base);
-                self.fail(format!("committing {} applied commands: {e}", open.commands));
-                Err(e)
-            }
+        if let Err(e) = &result {
+            self.index_mut().truncate_after(&open.touched, open.base);
+            self.fail(format!("committing {} applied commands: {e}", open.commands));
         }
+        self.note_open(false);
+        self.note_file_size();
+        result
+    }
+
+    /// Commits the open apply transaction if it has been open
+    /// `APPLY_OPEN_MAX` or longer, unless an apply holds it (which then
+    /// commits it itself): for a timer, so applies left open while nothing
+    /// reads and nothing else is applied do not stay uncommitted.
+    pub fn commit_stale_apply(&self) -> Result<(), StorageError> {
+        if !self.has_open.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut open = match self.open.try_lock() {
+            Ok(open) => open,
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+            Err(std::sync::TryLockError::Poisoned(_)) => {
+                drop(self.open_apply());
+                return self.check_failed();
+            }
+        };
+        if open.as_ref().is_some_and(|o| o.opened.elapsed() >= crate::limits::APPLY_OPEN_MAX) {
+            self.commit_open(&mut open, false)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn index(&self) -> RwLockReadGuard<'_, KeyIndex> {
@@ -255,6 +285,7 @@ impl MvccStore {
         // Held throughout: no apply begins a transaction while redb compacts.
         let mut open = self.open_apply();
         self.commit_open(&mut open, false)?;
+        self.check_failed()?;
         let mut db = self.db.write().expect("database lock");
         for _ in 0..ATTEMPTS {
             match db.compact() {
@@ -348,7 +379,7 @@ impl MvccStore {
         if self.has_open.load(Ordering::Acquire) {
             let mut open = match self.open.try_lock() {
                 Ok(open) => open,
-                Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(std::sync::TryLockError::Poisoned(_)) => self.open_apply(),
                 Err(std::sync::TryLockError::WouldBlock) => return None,
             };
             if let Err(e) = self.commit_open(&mut open, false) {

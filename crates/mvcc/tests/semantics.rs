@@ -627,3 +627,20 @@ fn an_open_apply_commits_once_it_holds_enough_commands() {
     }
     assert_eq!(revision, 1 + mvcc::limits::APPLY_OPEN_COMMANDS_MAX as i64);
 }
+
+#[test]
+fn an_open_apply_commits_once_it_is_old_enough() {
+    let (_dir, store) = open();
+    put_open(&store, &[("a", "1")]);
+    store.commit_stale_apply().unwrap();
+    assert!(store.is_apply_open(), "younger than APPLY_OPEN_MAX: left open");
+    // The threshold is a duration: waiting it out is the point of the test.
+    std::thread::sleep(mvcc::limits::APPLY_OPEN_MAX);
+    store.commit_stale_apply().unwrap();
+    assert!(!store.is_apply_open(), "the timer's commit");
+    put_open(&store, &[("b", "1")]);
+    std::thread::sleep(mvcc::limits::APPLY_OPEN_MAX);
+    put_open(&store, &[("c", "1")]);
+    assert!(!store.is_apply_open(), "an apply into a transaction open that long commits it");
+    assert_eq!(get(&store, "b", 0).unwrap().as_deref(), Some("1"));
+}

@@ -565,7 +565,11 @@ impl StoreNode {
         }
         self.apply_committed().await?;
         let header = Some(self.header(self.mvcc.revision()));
-        let stored = self.mvcc.lease(req.id).map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
+        let (mvcc, id) = (self.mvcc.clone(), req.id);
+        // On the pool: a read may wait for an apply and commit it first.
+        let stored = on_pool(move || mvcc.lease(id))
+            .await?
+            .map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
         let (Some(remaining), Some(record)) = (self.lessor.remaining(req.id), stored) else {
             // etcd answers an unknown lease with TTL -1, not an error.
             return Ok(LeaseTimeToLiveResponse { header, id: req.id, ttl: -1, ..Default::default() });
@@ -577,6 +581,26 @@ impl StoreNode {
             granted_ttl: record.granted_ttl_seconds,
             keys: if req.keys { record.keys } else { Vec::new() },
         })
+    }
+
+    /// Commits applies left open in the engine once they have waited
+    /// `mvcc::limits::APPLY_OPEN_MAX` with nothing read or applied since
+    /// (see `mvcc::ApplyBatch::finish`). Runs until the member stops.
+    pub async fn run_apply_commits(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(mvcc::limits::APPLY_OPEN_MAX);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if !self.mvcc.is_apply_open() {
+                continue;
+            }
+            let mvcc = self.mvcc.clone();
+            match on_pool(move || mvcc.commit_stale_apply()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "committing applied writes"),
+                Err(status) => tracing::warn!(%status, "committing applied writes"),
+            }
+        }
     }
 
     /// The leader's lease clock: on becoming leader every lease gets a full TTL
@@ -624,11 +648,11 @@ impl StoreNode {
         if size + request_bytes as u64 <= self.config.quota_backend_bytes {
             return Ok(());
         }
-        let already =
-            self.mvcc.alarms().map_err(|e| Status::internal(format!("etcdserver: {e}")))?.iter().any(|a| {
-                a.member_id == self.member_id
-                    && a.alarm == etcd_proto::etcdserverpb::AlarmType::Nospace as i32
-            });
+        let mvcc = self.mvcc.clone();
+        let alarms = on_pool(move || mvcc.alarms()).await?;
+        let already = alarms.map_err(|e| Status::internal(format!("etcdserver: {e}")))?.iter().any(|a| {
+            a.member_id == self.member_id && a.alarm == etcd_proto::etcdserverpb::AlarmType::Nospace as i32
+        });
         if !already {
             tracing::warn!(
                 size,

@@ -289,6 +289,7 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
     let elections = tokio::spawn(node.clone().run_elections());
     let publisher = tokio::spawn(node.clone().publish_attributes());
     let lease_clock = tokio::spawn(node.clone().run_lease_expiry());
+    let apply_commits = tokio::spawn(node.clone().run_apply_commits());
     let promoter = tokio::spawn(node.clone().run_promoter());
     let placement = tokio::spawn(node.clone().run_leader_placement());
     let leader_watch = tokio::spawn(node.clone().run_leader_watch());
@@ -308,6 +309,7 @@ pub async fn run(config: StoreConfig, shutdown: impl Future<Output = ()>) -> Res
     forwards.abort();
     elections.abort();
     lease_clock.abort();
+    apply_commits.abort();
     promoter.abort();
     placement.abort();
     leader_watch.abort();

@@ -69,12 +69,6 @@ pub const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 /// commit while applies wait. Loading 64 KiB values, those commits took
 /// 210–330 ms once a second; with this bound, 20–100 ms.
 pub const PERSIST_BYTES: usize = 8 * 1024 * 1024;
-/// Longest applied commands wait in an open engine transaction while nothing
-/// reads (a read commits them at once; see `mvcc::ApplyBatch::finish`):
-/// etcd's backend commits on the same interval. Committing per apply cost
-/// a redb commit for every ~20 puts; leaving it open raised put 1x1 on 3
-/// members from 1,173–1,325 to 1,364–1,475 puts/s (docs/BENCHMARKS.md).
-pub const APPLY_OPEN_MAX: Duration = Duration::from_millis(100);
 /// A durable commit of the state machine taking longer is logged (etcd's
 /// threshold for a slow apply).
 const SLOW_DURABLE_COMMIT: Duration = Duration::from_millis(100);
@@ -109,8 +103,6 @@ pub struct StateMachine {
     lessor: Arc<Lessor>,
     snapshot_dir: PathBuf,
     last_durable: Instant,
-    /// When the engine last committed an apply.
-    last_engine_commit: Instant,
     /// Payload bytes applied since the last durable commit.
     bytes_since_durable: usize,
     metrics: Arc<StoreMetrics>,
@@ -133,7 +125,6 @@ impl StateMachine {
             lessor,
             snapshot_dir: snapshot_dir.to_path_buf(),
             last_durable: Instant::now(),
-            last_engine_commit: Instant::now(),
             bytes_since_durable: 0,
             metrics,
         })
@@ -292,17 +283,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 put(&mut batch, META_MEMBERSHIP, encode(m)?)?;
             }
             let started = Instant::now();
-            let how = if durable {
-                mvcc::Finish::Durable
-            } else if self.last_engine_commit.elapsed() >= APPLY_OPEN_MAX {
-                mvcc::Finish::Commit
-            } else {
-                mvcc::Finish::Lazy
-            };
+            let how = if durable { mvcc::Finish::Durable } else { mvcc::Finish::Lazy };
             let committed = batch.finish(how).map_err(|e| sm_error(ErrorVerb::Write, e))?;
-            if committed.engine_committed {
-                self.last_engine_commit = Instant::now();
-            }
             if durable {
                 let took = started.elapsed();
                 self.metrics.backend_commit.observe(took);
