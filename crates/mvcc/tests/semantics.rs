@@ -556,12 +556,17 @@ fn readers_racing_applies_and_compactions_never_see_a_torn_state() {
 
 /// Applies puts of `pairs` in one batch that stays open (`finish`).
 fn put_open(store: &MvccStore, pairs: &[(&str, &str)]) -> i64 {
+    finish_puts(store, pairs).revision
+}
+
+/// `put_open`, returning what the batch changed.
+fn finish_puts(store: &MvccStore, pairs: &[(&str, &str)]) -> mvcc::Committed {
     let mut batch = store.begin_apply().unwrap();
     for (key, value) in pairs {
         let req = PutRequest { key: (*key).into(), value: (*value).into(), ..Default::default() };
         batch.apply(&Command { kind: Some(command::Kind::Put(req)) }).unwrap();
     }
-    batch.finish(mvcc::Finish::Lazy).unwrap().revision
+    batch.finish(mvcc::Finish::Lazy).unwrap()
 }
 
 #[test]
@@ -622,8 +627,10 @@ fn an_open_apply_commits_once_it_holds_enough_commands() {
         let pairs: Vec<(String, String)> =
             (0..per_batch).map(|i| (format!("k{i:04}"), round.to_string())).collect();
         let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        revision = put_open(&store, &borrowed);
-        assert_eq!(store.is_apply_open(), round + 1 < mvcc::limits::APPLY_OPEN_COMMANDS_MAX / per_batch);
+        let committed = finish_puts(&store, &borrowed);
+        revision = committed.revision;
+        let last = round + 1 == mvcc::limits::APPLY_OPEN_COMMANDS_MAX / per_batch;
+        assert_eq!((store.is_apply_open(), committed.engine_committed), (!last, last));
     }
     assert_eq!(revision, 1 + mvcc::limits::APPLY_OPEN_COMMANDS_MAX as i64);
 }
