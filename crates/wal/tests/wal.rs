@@ -274,3 +274,27 @@ fn space_ahead_of_the_records_is_written_before_they_reach_it() {
     assert_eq!(read.len(), 3072);
     assert!(read.iter().all(|(_, payload)| payload == &record));
 }
+
+#[test]
+fn purged_segments_are_freed_and_a_half_freed_one_is_cleared_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = filled(dir.path(), 1..201);
+    let names = segment_files(dir.path());
+    wal.purge_to(150).unwrap();
+    wal.settle();
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains(".wal"))
+        .collect();
+    assert!(left.iter().all(|n| n.ends_with(".wal")), "nothing half freed stays: {left:?}");
+    assert!(left.len() < names.len());
+    drop(wal);
+    // A crash while freeing: the purged segment renamed and cut short.
+    let gone = dir.path().join(format!("{:020}.wal.discarded", 1));
+    std::fs::write(&gone, b"half freed").unwrap();
+    let (wal, _) = Wal::open(dir.path(), small_segments()).unwrap();
+    assert!(!gone.exists(), "a half-freed segment goes when the log opens");
+    let first = wal.reader().bounds().unwrap().0;
+    assert!(first <= 151, "the segments after the purge point stay");
+}
