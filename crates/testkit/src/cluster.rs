@@ -189,12 +189,16 @@ impl Cluster {
     /// Waits, at most the ready timeout, until every member's MemberList names
     /// every member. A member publishes its name through the log just after it
     /// starts (as in etcd), so a test reading MemberList at once could see a
-    /// member without one.
-    async fn wait_names_published(&self) -> anyhow::Result<()> {
+    /// member without one. A member that exits meanwhile fails the wait at
+    /// once, with the tail of its log.
+    async fn wait_names_published(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + self.ready_timeout;
         let options = ConnectOptions::new().with_connect_timeout(STATUS_TIMEOUT).with_timeout(STATUS_TIMEOUT);
         let mut waiting: Vec<usize> = (0..self.members.len()).collect();
         while !waiting.is_empty() {
+            for &index in &waiting {
+                self.members[index].process.fail_if_exited()?;
+            }
             let mut still = Vec::new();
             for index in waiting {
                 let mut client = connect(&self.client_url(index), options.clone()).await;
