@@ -77,13 +77,20 @@ async fn lagging_follower_catches_up_by_snapshot() {
         };
         assert_eq!(revisions(&caught_up), revisions(&on_leader), "and so do its revisions");
 
-        let log = cluster.log(lagging);
-        let since_restart = log.get(log_before_restart..).unwrap_or(&log);
-        assert!(
-            since_restart.contains("installed snapshot"),
-            "the restarted follower did not log `installed snapshot`; \
-             its log since the restart:\n{since_restart}"
-        );
+        // The install makes the data readable a moment before its log line
+        // is written: wait for the line.
+        poll_until(Duration::from_secs(10), "the restarted follower logs `installed snapshot`", || {
+            let log = cluster.log(lagging);
+            let since_restart = log.get(log_before_restart..).unwrap_or(&log).to_string();
+            async move {
+                if since_restart.contains("installed snapshot") {
+                    Ok(())
+                } else {
+                    Err(format!("its log since the restart:\n{since_restart}"))
+                }
+            }
+        })
+        .await;
 
         // After the snapshot the follower takes part in ordinary replication again.
         let mut follower = follower.clone();
