@@ -5,6 +5,9 @@
 //! so, as etcd's backend does, the engine commits at most every
 //! `APPLY_OPEN_MAX` while nothing reads — and at once when something does.
 
+use std::sync::MutexGuard;
+use std::time::Instant;
+
 use etcd_proto::etcdserverpb::{
     request_op, response_op, AlarmRequest, CompactionRequest, CompactionResponse, DeleteRangeRequest,
     DeleteRangeResponse, LeaseGrantRequest, LeaseRevokeRequest, PutRequest, PutResponse, RequestOp,
@@ -13,9 +16,6 @@ use etcd_proto::etcdserverpb::{
 use etcd_proto::fivefoldpb::{command, command_response, ApplyError, Command, CommandResponse, Empty};
 use etcd_proto::mvccpb::{event, Event, KeyValue};
 use prost::Message;
-use std::sync::MutexGuard;
-use std::time::Instant;
-
 use redb::{Durability, ReadableTable, Table, WriteTransaction};
 
 use crate::encoding::{encode_row, rev_row, Version};
@@ -168,8 +168,6 @@ struct BatchState<'s> {
 pub enum Finish {
     /// Leave the transaction open for the next batch, unless a commit is due.
     Lazy,
-    /// Commit now.
-    Commit,
     /// Commit now, durably: this and every earlier commit survive a crash of
     /// the machine.
     Durable,
@@ -285,7 +283,6 @@ impl<'s> ApplyBatch<'s> {
             || self.opened.elapsed() >= APPLY_OPEN_MAX;
         match how {
             Finish::Durable => return self.commit(true),
-            Finish::Commit => return self.commit(false),
             Finish::Lazy if due => return self.commit(false),
             Finish::Lazy => {}
         }
@@ -577,8 +574,10 @@ fn put(w: &mut Writer<'_, '_>, req: &PutRequest, events: &mut Vec<Event>) -> Res
         },
     })?;
     let written = read::key_value(req.key.clone(), rev, version);
-    events.push(Event { r#type: event::EventType::Put as i32, kv: Some(written), prev_kv: prev.clone() });
-    Ok(PutResponse { header: None, prev_kv: if req.prev_kv { prev } else { None } })
+    // The event keeps the previous version; the response copies it only when asked.
+    let prev_kv = if req.prev_kv { prev.clone() } else { None };
+    events.push(Event { r#type: event::EventType::Put as i32, kv: Some(written), prev_kv: prev });
+    Ok(PutResponse { header: None, prev_kv })
 }
 
 fn delete_range(

@@ -188,6 +188,17 @@ impl MvccStore {
         })
     }
 
+    /// The open apply transaction's slot if it is free now (`None` while an
+    /// apply or a commit holds it); a poisoned slot is handled as in
+    /// `open_apply`.
+    fn try_open_apply(&self) -> Option<MutexGuard<'_, Option<OpenApply>>> {
+        match self.open.try_lock() {
+            Ok(open) => Some(open),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+            Err(std::sync::TryLockError::Poisoned(_)) => Some(self.open_apply()),
+        }
+    }
+
     /// Marks that applied commands are (or are no longer) held by an open
     /// transaction.
     pub(crate) fn note_open(&self, open: bool) {
@@ -218,7 +229,7 @@ impl MvccStore {
     /// Commits the applied commands of an open apply transaction, if there
     /// are any, so that a read sees them.
     fn commit_open_apply(&self) -> Result<(), StorageError> {
-        if self.has_open.load(Ordering::Acquire) {
+        if self.is_apply_open() {
             let mut open = self.open_apply();
             self.commit_open(&mut open, false)?;
         }
@@ -252,17 +263,11 @@ impl MvccStore {
     /// commits it itself): for a timer, so applies left open while nothing
     /// reads and nothing else is applied do not stay uncommitted.
     pub fn commit_stale_apply(&self) -> Result<(), StorageError> {
-        if !self.has_open.load(Ordering::Acquire) {
+        if !self.is_apply_open() {
             return Ok(());
         }
-        let mut open = match self.open.try_lock() {
-            Ok(open) => open,
-            Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
-            Err(std::sync::TryLockError::Poisoned(_)) => {
-                drop(self.open_apply());
-                return self.check_failed();
-            }
-        };
+        let Some(mut open) = self.try_open_apply() else { return Ok(()) };
+        self.check_failed()?;
         if open.as_ref().is_some_and(|o| o.opened.elapsed() >= crate::limits::APPLY_OPEN_MAX) {
             self.commit_open(&mut open, false)?;
         }
@@ -352,7 +357,7 @@ impl MvccStore {
             return self.commit_open(&mut open, true);
         }
         self.check_failed()?;
-        let mut txn = self.db.read().expect("database lock").begin_write()?;
+        let mut txn = self.engine_write()?;
         txn.set_durability(redb::Durability::Immediate)?;
         txn.commit()?;
         self.note_file_size();
@@ -376,12 +381,8 @@ impl MvccStore {
     /// the database (defragmenting) or the index (an apply or install) is
     /// taken.
     fn try_read_pair(&self) -> Option<Result<ReadPair<'_>, StorageError>> {
-        if self.has_open.load(Ordering::Acquire) {
-            let mut open = match self.open.try_lock() {
-                Ok(open) => open,
-                Err(std::sync::TryLockError::Poisoned(_)) => self.open_apply(),
-                Err(std::sync::TryLockError::WouldBlock) => return None,
-            };
+        if self.is_apply_open() {
+            let mut open = self.try_open_apply()?;
             if let Err(e) = self.commit_open(&mut open, false) {
                 return Some(Err(e));
             }

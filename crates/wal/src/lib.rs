@@ -26,8 +26,7 @@ pub mod meta;
 mod record;
 mod segment;
 
-pub use log::ZERO_AHEAD_BYTES;
-pub use log::{Recovered, Wal, WalOptions, WalReader};
+pub use log::{Recovered, Wal, WalOptions, WalReader, ZERO_AHEAD_BYTES};
 pub use record::RECORD_BYTES_MAX;
 pub use segment::SEGMENT_BYTES_TARGET;
 

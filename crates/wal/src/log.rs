@@ -74,10 +74,10 @@ pub struct Wal {
 }
 
 /// Zeros written ahead of the records in the last segment: at least half
-/// this much is kept written past them. Preallocated space is allocated but unwritten, and the first write
-/// to each block of it makes `fdatasync` record the block as written too (a
-/// metadata write, an extra device round trip): with batches of 8 KiB, every
-/// sync paid it. Writing zeros first makes those syncs flush data alone;
+/// this much is kept written past them. Preallocated space is allocated but
+/// unwritten, and the first write to each block of it makes `fdatasync`
+/// record the block as written too (a metadata write, an extra device round
+/// trip): with batches of 8 KiB, every sync paid it. Writing zeros first makes those syncs flush data alone;
 /// one sync per half of this carries them. Measured on this machine's ext4
 /// with 8 KiB appends each synced: 175 µs mean per sync over preallocated
 /// space, 121 µs with zeros written 1 MiB ahead. Zeros after the last record
@@ -90,8 +90,8 @@ const ZERO_CHUNK_BYTES: usize = 64 * 1024;
 /// blocks takes tens of milliseconds (60–110 ms per purge measured after
 /// loading 4 GiB), and appends must not wait for it — nor their syncs, which
 /// the file system holds up while it frees blocks, so each segment is freed
-/// a step at a time (`discard`). A purged segment is
-/// already unreadable and the caller has recorded the purge point durably,
+/// a step at a time (`discard`). A purged segment is already unreadable and
+/// the caller has recorded the purge point durably,
 /// so a deletion cut short by a crash is simply done again when the log is
 /// opened and purged to that point — as long as the files left are
 /// contiguous with the live ones, which is why a purge that empties the log
@@ -428,8 +428,12 @@ impl Wal {
             .count();
         let removed: Vec<Segment> = segments.list.drain(..gone).collect();
         let emptied = segments.list.is_empty();
-        let end = segments.list.last().map_or(0, |s| s.end);
-        (self.staged_end, self.written_end) = (end, end);
+        // The tail is untouched unless the purge took it: then the next
+        // append starts a new segment (`prepare_segment`).
+        debug_assert!(emptied || segments.list.last().is_some_and(|tail| tail.end == self.staged_end));
+        if emptied {
+            (self.staged_end, self.written_end) = (0, 0);
+        }
         drop(segments);
         if removed.is_empty() {
             return Ok(());
