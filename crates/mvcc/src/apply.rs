@@ -56,7 +56,7 @@ impl Drop for IndexUndo<'_> {
         }
         if self.continued {
             self.store.fail("an apply continuing an open transaction failed".into());
-            self.store.note_open(false);
+            self.store.note_closed();
         }
     }
 }
@@ -142,6 +142,8 @@ pub struct ApplyBatch<'s> {
     opened: Instant,
     /// Commands applied in the transaction, earlier batches' included.
     commands: usize,
+    /// Their encoded bytes.
+    command_bytes: u64,
 }
 
 /// Everything of a batch but its transaction, so that a command can borrow
@@ -202,14 +204,14 @@ impl<'s> ApplyBatch<'s> {
         // Built before anything can fail, so an open transaction taken out
         // of the slot is undone (and the loss recorded) if it is dropped.
         let mut undo = IndexUndo { store, base: 0, touched: Vec::new(), continued: false, armed: true };
-        let (txn, opened, commands) = match slot.take() {
+        let (txn, opened, commands, command_bytes) = match slot.take() {
             Some(open) => {
                 undo.base = open.base;
                 undo.touched = open.touched;
                 undo.continued = true;
-                (open.txn, open.opened, open.commands)
+                (open.txn, open.opened, open.commands, open.command_bytes)
             }
-            None => (store.engine_write()?, Instant::now(), 0),
+            None => (store.engine_write()?, Instant::now(), 0, 0),
         };
         let (revision, compacted) = crate::store::read_revisions(&txn.open_table(META)?)?;
         let no_space = crate::maintenance::no_space(&txn.open_table(ALARMS)?)?;
@@ -226,7 +228,7 @@ impl<'s> ApplyBatch<'s> {
             compact_at: None,
             no_space,
         };
-        Ok(ApplyBatch { txn, state, slot, opened, commands })
+        Ok(ApplyBatch { txn, state, slot, opened, commands, command_bytes })
     }
 
     /// The store revision as of the commands applied so far.
@@ -239,6 +241,7 @@ impl<'s> ApplyBatch<'s> {
     pub fn apply(&mut self, cmd: &Command) -> Result<CommandResponse, StorageError> {
         let mut kv = self.txn.open_table(KV_BY_REV)?;
         self.commands += 1;
+        self.command_bytes += cmd.encoded_len() as u64;
         self.state.apply(&self.txn, &mut kv, cmd)
     }
 
@@ -247,6 +250,7 @@ impl<'s> ApplyBatch<'s> {
     pub fn apply_all(&mut self, cmds: &[Command]) -> Result<Vec<CommandResponse>, StorageError> {
         let mut kv = self.txn.open_table(KV_BY_REV)?;
         self.commands += cmds.len();
+        self.command_bytes += cmds.iter().map(|cmd| cmd.encoded_len() as u64).sum::<u64>();
         cmds.iter().map(|cmd| self.state.apply(&self.txn, &mut kv, cmd)).collect()
     }
 
@@ -287,11 +291,11 @@ impl<'s> ApplyBatch<'s> {
             Finish::Lazy => {}
         }
         self.write_revisions()?;
-        let ApplyBatch { txn, mut state, mut slot, opened, commands } = self;
+        let ApplyBatch { txn, mut state, mut slot, opened, commands, command_bytes } = self;
         state.undo.armed = false;
         let touched = std::mem::take(&mut state.undo.touched);
-        *slot = Some(OpenApply { txn, base: state.undo.base, touched, opened, commands });
-        state.store.note_open(true);
+        *slot = Some(OpenApply { txn, base: state.undo.base, touched, opened, commands, command_bytes });
+        state.store.note_open(command_bytes);
         state.store.note_applied(state.revision);
         Ok(state.committed(false))
     }
@@ -320,8 +324,8 @@ fn commit_txn(
     if let Some((at, mut index)) = index {
         index.compact(at);
     }
-    state.store.note_open(false);
     state.store.note_commit(state.revision);
+    state.store.note_closed();
     Ok(())
 }
 

@@ -56,6 +56,10 @@ pub struct MvccStore {
     /// The file's length as of the last commit: the quota check reads it on
     /// every write, so it is not a file-system call per request.
     file_bytes: AtomicU64,
+    /// Encoded bytes of the commands in the open apply transaction: the file
+    /// grows by about this much when it commits, and the quota check must
+    /// not wait for that to see it.
+    open_bytes: AtomicU64,
     /// Applied commands whose engine transaction is still open (see
     /// `ApplyBatch::finish`). Taken by an apply for its whole batch, and by
     /// whoever commits the transaction: a reader, a writer of its own, or
@@ -85,6 +89,8 @@ pub(crate) struct OpenApply {
     pub opened: Instant,
     /// Commands applied in it so far.
     pub commands: usize,
+    /// Their encoded bytes (see `open_bytes`).
+    pub command_bytes: u64,
 }
 
 impl std::fmt::Debug for MvccStore {
@@ -147,6 +153,7 @@ impl MvccStore {
             path: path.to_path_buf(),
             revision: AtomicI64::new(revision),
             file_bytes: AtomicU64::new(0),
+            open_bytes: AtomicU64::new(0),
             open: Mutex::new(None),
             has_open: AtomicBool::new(false),
             failed: OnceLock::new(),
@@ -199,10 +206,17 @@ impl MvccStore {
         }
     }
 
-    /// Marks that applied commands are (or are no longer) held by an open
-    /// transaction.
-    pub(crate) fn note_open(&self, open: bool) {
-        self.has_open.store(open, Ordering::Release);
+    /// Marks that applied commands are held by an open transaction, whose
+    /// commands came to `bytes` encoded.
+    pub(crate) fn note_open(&self, bytes: u64) {
+        self.open_bytes.store(bytes, Ordering::Release);
+        self.has_open.store(true, Ordering::Release);
+    }
+
+    /// Marks that no applied command waits in an open transaction.
+    pub(crate) fn note_closed(&self) {
+        self.has_open.store(false, Ordering::Release);
+        self.open_bytes.store(0, Ordering::Release);
     }
 
     /// Whether applied commands wait in an open transaction for their commit.
@@ -253,8 +267,8 @@ impl MvccStore {
             self.index_mut().truncate_after(&open.touched, open.base);
             self.fail(format!("committing {} applied commands: {e}", open.commands));
         }
-        self.note_open(false);
         self.note_file_size();
+        self.note_closed();
         result
     }
 
@@ -436,9 +450,10 @@ impl MvccStore {
         Ok(out)
     }
 
-    /// Size of the database file in bytes, as of the last commit.
+    /// Size of the database in bytes: the file as of the last commit, plus
+    /// the encoded commands applied in the open transaction since.
     pub fn db_size(&self) -> u64 {
-        self.file_bytes.load(Ordering::Acquire)
+        self.file_bytes.load(Ordering::Acquire) + self.open_bytes.load(Ordering::Acquire)
     }
 
     /// Bytes the database uses for data and metadata, as opposed to free space.

@@ -651,3 +651,18 @@ fn an_open_apply_commits_once_it_is_old_enough() {
     assert!(!store.is_apply_open(), "an apply into a transaction open that long commits it");
     assert_eq!(get(&store, "b", 0).unwrap().as_deref(), Some("1"));
 }
+
+#[test]
+fn the_size_the_quota_reads_counts_applies_left_open() {
+    let (_dir, store) = open();
+    put(&store, "warm", "1");
+    let before = store.db_size();
+    let value = "v".repeat(100 * 1024);
+    put_open(&store, &[("big", value.as_str())]);
+    assert!(store.is_apply_open());
+    assert!(
+        store.db_size() >= before + value.len() as u64,
+        "{} bytes after an open 100 KiB put, {before} before",
+        store.db_size()
+    );
+}
