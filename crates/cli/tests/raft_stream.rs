@@ -1,6 +1,6 @@
 //! The peer port of a real member takes raft streams beside gRPC: without
-//! this, replication would fall back to gRPC silently and every other test
-//! would still pass.
+//! this, replication (and a follower's forwarded writes) would fall back to
+//! gRPC silently and every other test would still pass.
 
 mod common;
 
@@ -8,7 +8,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{bounded, start};
-use store::raft_stream::{RaftStream, StreamError, METHOD_APPEND_ENTRIES};
+use etcd_proto::etcdserverpb::PutRequest;
+use etcd_proto::fivefoldpb::{command, command_response, Command, CommandBatch, CommandResponse};
+use prost::Message;
+use store::raft_stream::{RaftStream, StreamError, METHOD_APPEND_ENTRIES, METHOD_PROPOSE};
 use testkit::ClusterOptions;
 
 const TEST_LIMIT: Duration = Duration::from_secs(60);
@@ -41,6 +44,68 @@ async fn a_members_peer_port_serves_raft_streams_and_grpc() {
         let mut follower = cluster.client(2).await;
         let got = follower.get("after-streams", None).await.expect("get");
         assert_eq!(got.kvs()[0].value(), b"v");
+    })
+    .await;
+}
+
+fn put(key: &str, value: &str) -> Command {
+    let put = PutRequest { key: key.into(), value: value.into(), ..Default::default() };
+    Command { kind: Some(command::Kind::Put(put)) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_takes_forwarded_writes_on_a_stream_and_others_refuse_them() {
+    bounded(TEST_LIMIT, async {
+        let cluster = start(ClusterOptions::members(3)).await;
+        let leader = cluster.leader().await.expect("a leader");
+        let follower = (leader + 1) % 3;
+        let addr =
+            |index| -> SocketAddr { store::config::parse_url("peer URL", &cluster.peer_url(index)).unwrap() };
+
+        // A batch of two puts, as a follower forwards it: one entry, one
+        // response each, on a stream that then serves the next batch.
+        let mut stream = RaftStream::connect(addr(leader)).await.expect("the leader takes streams");
+        for round in 0..2 {
+            let batch = Command {
+                kind: Some(command::Kind::Batch(CommandBatch {
+                    commands: vec![put(&format!("fwd-a{round}"), "1"), put(&format!("fwd-b{round}"), "2")],
+                })),
+            };
+            let reply =
+                stream.call(METHOD_PROPOSE, &batch.encode_to_vec()).await.expect("the batch is applied");
+            let response = CommandResponse::decode(reply.as_slice()).expect("a CommandResponse");
+            let Some(command_response::Kind::Batch(batch)) = response.kind else {
+                panic!("not a batch answer")
+            };
+            assert_eq!(batch.responses.len(), 2);
+            let revisions: Vec<i64> = batch.responses.iter().map(|r| r.revision).collect();
+            assert_eq!(revisions[1], revisions[0] + 1, "the two puts applied in order: {revisions:?}");
+        }
+        let mut client = cluster.client(follower).await;
+        let got = client.get("fwd-b1", None).await.expect("get");
+        assert_eq!(got.kvs()[0].value(), b"2");
+
+        // A command that does not decode is the leader's InvalidArgument.
+        match stream.call(METHOD_PROPOSE, b"\xff\xff").await {
+            Err(StreamError::Status { code, message }) => {
+                assert_eq!(tonic::Code::from_i32(code), tonic::Code::InvalidArgument, "{message}");
+            }
+            other => panic!("expected a status, got {other:?}"),
+        }
+
+        // A follower proposes nothing: it answers "not the leader", and the
+        // key stays absent.
+        let mut stream = RaftStream::connect(addr(follower)).await.expect("a follower takes streams");
+        match stream.call(METHOD_PROPOSE, &put("fwd-refused", "x").encode_to_vec()).await {
+            Err(StreamError::Status { code, message }) => {
+                assert_eq!(tonic::Code::from_i32(code), tonic::Code::Unavailable);
+                assert_eq!(message, store::node::NOT_LEADER);
+            }
+            other => panic!("expected 'not the leader', got {other:?}"),
+        }
+        client.put("fwd-after", "y", None).await.expect("put");
+        let got = client.get("fwd-refused", None).await.expect("get");
+        assert!(got.kvs().is_empty(), "a follower proposed a forwarded write");
     })
     .await;
 }

@@ -7,8 +7,8 @@
 //! commit or fail together), and each caller gets its own response back. The
 //! busier the follower, the bigger the batch, as with the leader's proposer.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use etcd_proto::fivefoldpb::{Command, CommandResponse, ProposeRequest};
 use prost::Message;
@@ -16,8 +16,10 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 use tonic::Status;
 
+use crate::network::STREAM_RETRY_AFTER;
 use crate::node::{never_sent, within, StoreNode, LEADER_CHANGED, NOT_LEADER, REQUEST_TIMED_OUT};
 use crate::proposer::{batch_of, responses_of, stopped, BATCH_BYTES_MAX, BATCH_COMMANDS_MAX};
+use crate::raft_stream::{RaftStream, StreamError, METHOD_PROPOSE, UNKNOWN_METHOD};
 use crate::types::{Member, NodeId};
 
 /// Writes waiting to be forwarded, at most; callers wait beyond that.
@@ -103,7 +105,7 @@ impl StoreNode {
         }
     }
 
-    /// One `Peer.Propose` of `commands` to the leader; their responses in order.
+    /// One forward of `commands` to the leader; their responses in order.
     async fn propose_at(
         &self,
         leader_id: NodeId,
@@ -113,9 +115,8 @@ impl StoreNode {
     ) -> Result<Vec<CommandResponse>, Status> {
         let count = commands.len();
         let url = leader.peer_urls.first().ok_or_else(|| Status::unavailable(crate::node::NO_LEADER))?;
-        let mut client = self.peer(url).await?;
-        let mut request = tonic::Request::new(ProposeRequest { command: Some(batch_of(commands)) });
-        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        // The same fault rules as every peer message (tests only).
+        self.pass_faults(url).await?;
         // A leader that went silent is given up once a successor is known, as
         // etcd does: the outcome is unknown ("leader changed"), but the client
         // learns it now instead of at its deadline and can retry elsewhere.
@@ -123,8 +124,9 @@ impl StoreNode {
         if self.raft.metrics().borrow().current_leader != Some(leader_id) {
             return Err(Status::unavailable(NOT_LEADER));
         }
+        let batch = batch_of(commands);
+        let call = tokio::time::timeout_at(deadline, self.send_forward(url, batch, deadline));
         let grace = self.config.heartbeat_interval * REPLACED_LEADER_GRACE_HEARTBEATS;
-        let call = tokio::time::timeout_at(deadline, client.propose(request));
         tokio::pin!(call);
         let answer = tokio::select! {
             biased;
@@ -145,10 +147,7 @@ impl StoreNode {
         };
         let Ok(answer) = answer else { return Err(Status::unavailable(REQUEST_TIMED_OUT)) };
         let response = match answer {
-            Ok(reply) => reply
-                .into_inner()
-                .response
-                .ok_or_else(|| Status::internal("etcdserver: leader sent an empty response"))?,
+            Ok(response) => response,
             Err(status) if status.message() == NOT_LEADER || status.message() == LEADER_CHANGED => {
                 return Err(status)
             }
@@ -167,6 +166,123 @@ impl StoreNode {
         responses_of(response, count).ok_or_else(|| {
             Status::internal("etcdserver: the leader's answer does not match the forwarded batch")
         })
+    }
+}
+
+impl StoreNode {
+    /// Sends one batch to the leader at `url` and returns its response:
+    /// over a pooled raft stream, or over `Peer.Propose` when the leader
+    /// does not take them.
+    async fn send_forward(
+        &self,
+        url: &str,
+        batch: Command,
+        deadline: Instant,
+    ) -> Result<CommandResponse, Status> {
+        if self.forward_streams.usable(url) {
+            if let Some(answer) = self.forward_on_stream(url, &batch).await {
+                return answer;
+            }
+        }
+        let mut client = self.peer_unchecked(url)?;
+        let mut request = tonic::Request::new(ProposeRequest { command: Some(batch) });
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        client
+            .propose(request)
+            .await?
+            .into_inner()
+            .response
+            .ok_or_else(|| Status::internal("etcdserver: leader sent an empty response"))
+    }
+
+    /// One batch over a raft stream. `None`: the leader does not take
+    /// forwards on streams, nothing was proposed; use gRPC. A stream is put
+    /// back for the next batch only after a whole exchange: one cut short
+    /// (a timeout, a dropped future) is dropped with the call.
+    async fn forward_on_stream(&self, url: &str, batch: &Command) -> Option<Result<CommandResponse, Status>> {
+        let mut stream = match self.forward_streams.idle(url) {
+            Some(stream) => stream,
+            None => {
+                let connected = match crate::network::peer_addr(url) {
+                    Ok(addr) => RaftStream::connect(addr).await,
+                    Err(e) => Err(e.into()),
+                };
+                match connected {
+                    Ok(stream) => stream,
+                    Err(StreamError::Refused) => {
+                        self.forward_streams.refused(url);
+                        return None;
+                    }
+                    // Not connected: nothing was sent.
+                    Err(e) => {
+                        tracing::debug!(error = %e, leader = %url, "leader unreachable; waiting for the next one");
+                        return Some(Err(Status::unavailable(NOT_LEADER)));
+                    }
+                }
+            }
+        };
+        match stream.call(METHOD_PROPOSE, &batch.encode_to_vec()).await {
+            Ok(reply) => {
+                self.forward_streams.put_back(url, stream);
+                Some(CommandResponse::decode(reply.as_slice()).map_err(|e| {
+                    Status::internal(format!("etcdserver: the leader's answer does not decode: {e}"))
+                }))
+            }
+            Err(StreamError::Status { code, message }) => {
+                self.forward_streams.put_back(url, stream);
+                Some(Err(Status::new(tonic::Code::from_i32(code), message)))
+            }
+            // A member that knows streams but not forwards on them.
+            Err(StreamError::Remote(message)) if message.starts_with(UNKNOWN_METHOD) => {
+                self.forward_streams.refused(url);
+                None
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, leader = %url, "forwarding writes failed");
+                Some(Err(Status::unavailable(REQUEST_TIMED_OUT)))
+            }
+        }
+    }
+}
+
+/// Idle forward streams by leader URL, and the leaders that refused them.
+#[derive(Default)]
+pub struct ForwardStreams {
+    idle: Mutex<HashMap<String, Vec<RaftStream>>>,
+    refused_at: Mutex<HashMap<String, Instant>>,
+}
+
+impl ForwardStreams {
+    /// Whether forwards to `url` should try a stream (not refused lately).
+    fn usable(&self, url: &str) -> bool {
+        let refused = self.refused_at.lock().expect("forward stream lock");
+        refused.get(url).is_none_or(|at| at.elapsed() >= STREAM_RETRY_AFTER)
+    }
+
+    fn refused(&self, url: &str) {
+        tracing::info!(leader = %url, "leader does not take forwarded writes on raft streams; using gRPC");
+        self.refused_at.lock().expect("forward stream lock").insert(url.to_string(), Instant::now());
+        self.idle.lock().expect("forward stream lock").remove(url);
+    }
+
+    /// An idle stream to `url` whose peer has not hung up meanwhile.
+    fn idle(&self, url: &str) -> Option<RaftStream> {
+        let mut idle = self.idle.lock().expect("forward stream lock");
+        let streams = idle.get_mut(url)?;
+        while let Some(mut stream) = streams.pop() {
+            if !stream.is_stale() {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    fn put_back(&self, url: &str, stream: RaftStream) {
+        let mut idle = self.idle.lock().expect("forward stream lock");
+        let streams = idle.entry(url.to_string()).or_default();
+        if streams.len() < FORWARDS_IN_FLIGHT_MAX {
+            streams.push(stream);
+        }
     }
 }
 

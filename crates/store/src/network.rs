@@ -45,7 +45,7 @@ async fn connect(uri: http::Uri) -> std::io::Result<TokioIo<Coalesced<TcpStream>
 }
 
 /// The address of a peer URL, checked as the flags are (`http://ip:port`).
-fn peer_addr(url: &str) -> std::io::Result<SocketAddr> {
+pub(crate) fn peer_addr(url: &str) -> std::io::Result<SocketAddr> {
     crate::config::parse_url("peer URL", url)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
 }

@@ -65,6 +65,8 @@ pub struct StoreNode {
     /// Writes a follower forwards to the leader (see `forwarder`).
     pub(crate) forwards: tokio::sync::mpsc::Sender<crate::forwarder::Forward>,
     pub(crate) forward_queue: std::sync::Mutex<Option<crate::forwarder::ForwardQueue>>,
+    /// Idle raft streams for forwards, by leader (see `forwarder`).
+    pub(crate) forward_streams: crate::forwarder::ForwardStreams,
     /// Closed while this leader hands leadership over (see `transfer_gate`).
     pub(crate) transfer_gate: TransferGate,
     /// What `GET /metrics` reports (see `metrics`).
@@ -113,6 +115,7 @@ impl StoreNode {
         StoreNode {
             forwards,
             forward_queue: std::sync::Mutex::new(Some(forward_queue)),
+            forward_streams: Default::default(),
             read_rounds,
             read_round_queue: std::sync::Mutex::new(Some(read_round_queue)),
             proposer: Proposer::start(raft.clone(), transfer_gate.clone(), metrics.clone()),
@@ -146,6 +149,23 @@ impl StoreNode {
     /// message through. Unreachable reads as "not the leader": nothing was sent.
     pub async fn peer(&self, url: &str) -> Result<PeerClient<PeerChannel>, Status> {
         self.peers.passing(url).await.map_err(|e| {
+            tracing::debug!(error = %e, "peer unreachable");
+            Status::unavailable(NOT_LEADER)
+        })
+    }
+
+    /// Applies the fault rules (tests only) to one message for `url`: holds
+    /// it, or fails as an unreachable peer would.
+    pub(crate) async fn pass_faults(&self, url: &str) -> Result<(), Status> {
+        self.peers.faults.pass(url).await.map_err(|e| {
+            tracing::debug!(error = %e, "peer unreachable");
+            Status::unavailable(NOT_LEADER)
+        })
+    }
+
+    /// A client for `url` for a caller that applied the fault rules itself.
+    pub(crate) fn peer_unchecked(&self, url: &str) -> Result<PeerClient<PeerChannel>, Status> {
+        self.peers.get(url).map_err(|e| {
             tracing::debug!(error = %e, "peer unreachable");
             Status::unavailable(NOT_LEADER)
         })
@@ -236,6 +256,22 @@ impl StoreNode {
                 }
                 other => return other.and_then(response_or_error),
             }
+        }
+    }
+
+    /// Serves a write a follower forwarded (over `Peer.Propose` or a raft
+    /// stream): a batch is proposed as one log entry and answered with one
+    /// response per command.
+    pub async fn propose_forwarded(&self, command: Command) -> Result<CommandResponse, Status> {
+        let deadline = Instant::now() + self.config.request_timeout;
+        match command.kind {
+            Some(command::Kind::Batch(batch)) => {
+                let responses = self.propose_all_here(batch.commands, deadline).await?;
+                let kind =
+                    command_response::Kind::Batch(etcd_proto::fivefoldpb::CommandBatchResponse { responses });
+                Ok(CommandResponse { kind: Some(kind), revision: 0 })
+            }
+            _ => self.propose_here(command, deadline).await,
         }
     }
 

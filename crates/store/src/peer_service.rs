@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use etcd_proto::fivefoldpb::peer_server::Peer;
 use etcd_proto::fivefoldpb::{
-    command, command_response, CommandBatchResponse, CommandResponse, ProposeRequest, ProposeResponse,
-    RaftPayload, ReadIndexRequest, ReadIndexResponse,
+    ProposeRequest, ProposeResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -48,16 +47,7 @@ impl Peer for PeerService {
 
     async fn propose(&self, request: Request<ProposeRequest>) -> Result<Response<ProposeResponse>, Status> {
         let command = request.into_inner().command.ok_or_else(|| Status::invalid_argument("no command"))?;
-        let deadline = Instant::now() + self.node.config.request_timeout;
-        let response = match command.kind {
-            // A follower's batch: one entry, one response per command.
-            Some(command::Kind::Batch(batch)) => {
-                let responses = self.node.propose_all_here(batch.commands, deadline).await?;
-                let kind = command_response::Kind::Batch(CommandBatchResponse { responses });
-                CommandResponse { kind: Some(kind), revision: 0 }
-            }
-            _ => self.node.propose_here(command, deadline).await?,
-        };
+        let response = self.node.propose_forwarded(command).await?;
         Ok(Response::new(ProposeResponse { response: Some(response) }))
     }
 

@@ -1,4 +1,5 @@
-//! AppendEntries over a plain framed TCP stream, beside gRPC on the peer port.
+//! AppendEntries, and a follower's forwarded writes, over a plain framed TCP
+//! stream beside gRPC on the peer port.
 //!
 //! Replication is the hot path of every write: each AppendEntries is a round
 //! trip the client's put waits for. Over gRPC a call crossed four tasks
@@ -7,7 +8,9 @@
 //! compression both ways. openraft sends to a follower one request at a time,
 //! so a stream needs no multiplexing: the replication task writes a frame
 //! and reads the answer itself, and on the follower the connection's task
-//! calls Raft directly.
+//! calls Raft directly. A follower's forwarded writes take the same road to
+//! the leader (`METHOD_PROPOSE`, see `forwarder`), over a few pooled
+//! connections, one batch in flight on each.
 //!
 //! A connection opens with [`STREAM_MAGIC`]; the peer listener reads those
 //! bytes to tell it from an HTTP/2 connection (whose preface differs), and
@@ -19,8 +22,11 @@
 //!
 //! Frames, both ways: `length u32 | id u64 | tag u8 | payload` (integers
 //! big-endian; the length counts what follows it). A request's tag is its
-//! method and its payload bincode; an answer carries its request's id, tag
-//! 0 and bincode, or tag 1 and a utf-8 error message. The client checks the
+//! method and its payload bincode (a forward: protobuf); an answer carries
+//! its request's id, tag 0 and bincode (protobuf), tag 1 and a utf-8 error
+//! message, or tag 2 and a gRPC status (`code i32 | message`). A member
+//! that does not know a method answers tag 1, so the caller can fall back
+//! to gRPC. The client checks the
 //! id, and a call cut short (a timeout, a dropped future) drops the
 //! connection with it, so no answer is ever taken for another request's.
 
@@ -30,6 +36,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use etcd_proto::fivefoldpb::Command;
+use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -51,9 +59,17 @@ const FRAME_HEADER_BYTES: usize = 8 + 1;
 
 /// The request kinds a stream carries.
 pub const METHOD_APPEND_ENTRIES: u8 = 1;
+/// A follower's forwarded writes to the leader: a protobuf `Command` (a
+/// batch), answered with a protobuf `CommandResponse` or a gRPC status.
+pub const METHOD_PROPOSE: u8 = 2;
+
+/// How a member's error answer to a method it does not know begins.
+pub const UNKNOWN_METHOD: &str = "unknown raft stream method";
 
 const ANSWER_OK: u8 = 0;
 const ANSWER_ERROR: u8 = 1;
+/// An error answer carrying a gRPC status: `code i32 | utf-8 message`.
+const ANSWER_STATUS: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -67,6 +83,9 @@ pub enum StreamError {
     Mismatch { wanted: u64, got: u64 },
     #[error("the peer answered: {0}")]
     Remote(String),
+    /// The peer answered with a gRPC status (a forwarded write it refused).
+    #[error("the peer answered {}: {message}", tonic::Code::from_i32(*code))]
+    Status { code: i32, message: String },
     /// The peer did not answer the magic bytes with its own: a member that
     /// does not speak this transport.
     #[error("the peer does not take raft streams")]
@@ -184,8 +203,24 @@ impl RaftStream {
         }
         match answer.tag {
             ANSWER_OK => Ok(answer.payload),
+            ANSWER_STATUS if answer.payload.len() >= 4 => {
+                let code = i32::from_be_bytes(answer.payload[..4].try_into().expect("4 bytes"));
+                let message = String::from_utf8_lossy(&answer.payload[4..]).into_owned();
+                Err(StreamError::Status { code, message })
+            }
             _ => Err(StreamError::Remote(String::from_utf8_lossy(&answer.payload).into_owned())),
         }
+    }
+
+    /// Whether the peer hung up (or sent something unasked) while this
+    /// stream sat idle: such a stream is not to be used again. One
+    /// non-blocking read at most.
+    pub fn is_stale(&mut self) -> bool {
+        if !self.stream.buffer().is_empty() {
+            return true;
+        }
+        let mut byte = [0u8; 1];
+        !matches!(self.stream.get_ref().try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
@@ -211,10 +246,8 @@ pub async fn serve(node: Arc<StoreNode>, stream: TcpStream, mut stop: tokio::syn
                 return;
             }
         };
-        let written = match answer(&node, request.tag, &request.payload).await {
-            Ok(payload) => write_frame(&mut stream, request.id, ANSWER_OK, &payload).await,
-            Err(message) => write_frame(&mut stream, request.id, ANSWER_ERROR, message.as_bytes()).await,
-        };
+        let (tag, payload) = answer(&node, request.tag, &request.payload).await;
+        let written = write_frame(&mut stream, request.id, tag, &payload).await;
         if let Err(e) = written {
             tracing::debug!(%peer, error = %e, "raft stream closed");
             return;
@@ -222,14 +255,40 @@ pub async fn serve(node: Arc<StoreNode>, stream: TcpStream, mut stop: tokio::syn
     }
 }
 
-async fn answer(node: &StoreNode, method: u8, payload: &[u8]) -> Result<Vec<u8>, String> {
+/// The answer to one request: its tag and payload.
+async fn answer(node: &StoreNode, method: u8, payload: &[u8]) -> (u8, Vec<u8>) {
     match method {
         METHOD_APPEND_ENTRIES => {
-            let rpc = bincode::deserialize(payload).map_err(|e| format!("bad raft payload: {e}"))?;
-            bincode::serialize(&node.raft.append_entries(rpc).await).map_err(|e| e.to_string())
+            let answered = match bincode::deserialize(payload) {
+                Ok(rpc) => {
+                    bincode::serialize(&node.raft.append_entries(rpc).await).map_err(|e| e.to_string())
+                }
+                Err(e) => Err(format!("bad raft payload: {e}")),
+            };
+            match answered {
+                Ok(payload) => (ANSWER_OK, payload),
+                Err(message) => (ANSWER_ERROR, message.into_bytes()),
+            }
         }
-        other => Err(format!("unknown raft stream method {other}")),
+        METHOD_PROPOSE => {
+            let answered = match Command::decode(payload) {
+                Ok(command) => node.propose_forwarded(command).await,
+                Err(e) => Err(tonic::Status::invalid_argument(format!("bad forwarded command: {e}"))),
+            };
+            match answered {
+                Ok(response) => (ANSWER_OK, response.encode_to_vec()),
+                Err(status) => (ANSWER_STATUS, status_payload(&status)),
+            }
+        }
+        other => (ANSWER_ERROR, format!("{UNKNOWN_METHOD} {other}").into_bytes()),
     }
+}
+
+/// A status as an `ANSWER_STATUS` payload.
+fn status_payload(status: &tonic::Status) -> Vec<u8> {
+    let mut out = (status.code() as i32).to_be_bytes().to_vec();
+    out.extend_from_slice(status.message().as_bytes());
+    out
 }
 
 /// What a new peer connection turned out to be.
@@ -411,6 +470,40 @@ mod tests {
         }
         drop(client);
         server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_status_answer_keeps_its_code_and_message() {
+        let (port, _server) = fake_member(|request| {
+            frame(request.id, ANSWER_STATUS, &status_payload(&tonic::Status::unavailable("not here")))
+                .unwrap()
+        })
+        .await;
+        let mut client = RaftStream::connect(([127, 0, 0, 1], port).into()).await.unwrap();
+        match client.call(METHOD_PROPOSE, b"x").await {
+            Err(StreamError::Status { code, message }) => {
+                assert_eq!(tonic::Code::from_i32(code), tonic::Code::Unavailable);
+                assert_eq!(message, "not here");
+            }
+            other => panic!("expected the status, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_stream_whose_peer_hung_up_is_stale() {
+        let (port, server) = fake_member(|request| frame(request.id, ANSWER_OK, b"").unwrap()).await;
+        let mut client = RaftStream::connect(([127, 0, 0, 1], port).into()).await.unwrap();
+        client.call(METHOD_PROPOSE, b"x").await.unwrap();
+        assert!(!client.is_stale(), "a live idle stream is usable");
+        server.abort();
+        let _ = server.await;
+        // The hang-up reaches the client's socket a moment later.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !client.is_stale() {
+            assert!(std::time::Instant::now() < deadline, "the hang-up was never seen");
+            tokio::task::yield_now().await;
+            client.stream.get_ref().readable().await.unwrap();
+        }
     }
 
     #[tokio::test]
