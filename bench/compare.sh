@@ -66,4 +66,8 @@ for name in names:
     errors = f"  errors f/e: {f[2]}/{e[2]}" if f[2] or e[2] else ""
     print(f"{name:<20} {f[0]:>13.0f} {e[0]:>10.0f} {f[0]/e[0]:>6.2f}   {f[1]:>10.2f}ms {e[1]:>7.2f}ms{errors}")
 print(f"peak RSS of the largest member: fivefold {sys.argv[2]} MiB, etcd {sys.argv[3]} MiB")
+print("rounds (qps, in run order): fivefold | etcd")
+for name in names:
+    per = {s: " ".join(f"{json.loads(r[2])['qps']:.0f}" for r in rows if r[0] == name and r[1] == s) for s in ("fivefold", "etcd")}
+    print(f"  {name:<20} {per['fivefold']} | {per['etcd']}")
 PY
