@@ -3,44 +3,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::Bytes;
-use common::{bounded, poll_until, start, wait_same_revision};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client as HttpClient;
-use hyper_util::rt::TokioExecutor;
+use common::{bounded, http_get as get, metric_samples as samples, poll_until, start, wait_same_revision};
 use testkit::ClusterOptions;
 
 const STEP_LIMIT: Duration = Duration::from_secs(30);
-
-/// One HTTP/1.1 GET of `path` on a member's client URL: status, content type, body.
-async fn get(client_url: &str, path: &str) -> (u16, String, String) {
-    let http = HttpClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let uri: http::Uri = format!("{client_url}{path}").parse().expect("a URL");
-    let response = http.get(uri).await.unwrap_or_else(|e| panic!("GET {path} on {client_url}: {e}"));
-    assert_eq!(response.version(), http::Version::HTTP_11, "plain HTTP/1.1, not gRPC");
-    let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap_or_default().to_string())
-        .unwrap_or_default();
-    let body = response.into_body().collect().await.expect("the body").to_bytes();
-    (status, content_type, String::from_utf8_lossy(&body).to_string())
-}
-
-/// The samples of a Prometheus text exposition, by series (name and labels).
-fn samples(text: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#') && !line.is_empty())
-        .map(|line| {
-            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("a sample line: {line:?}"));
-            (series.to_string(), value.parse().unwrap_or_else(|_| panic!("a number in {line:?}")))
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_health_and_version_are_served_on_the_client_port() {

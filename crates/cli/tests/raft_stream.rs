@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{bounded, start};
+use common::{bounded, http_get, metric_samples, start};
 use etcd_proto::etcdserverpb::PutRequest;
 use etcd_proto::fivefoldpb::{command, command_response, Command, CommandBatch, CommandResponse};
 use prost::Message;
@@ -57,22 +57,31 @@ fn put(key: &str, value: &str) -> Command {
 async fn the_leader_takes_forwarded_writes_on_a_stream_and_others_refuse_them() {
     bounded(TEST_LIMIT, async {
         let cluster = start(ClusterOptions::members(3)).await;
-        let leader = cluster.leader().await.expect("a leader");
-        let follower = (leader + 1) % 3;
         let addr =
             |index| -> SocketAddr { store::config::parse_url("peer URL", &cluster.peer_url(index)).unwrap() };
+        let batch = |round: usize| {
+            let commands = vec![put(&format!("fwd-a{round}"), "1"), put(&format!("fwd-b{round}"), "2")];
+            Command { kind: Some(command::Kind::Batch(CommandBatch { commands })) }.encode_to_vec()
+        };
 
         // A batch of two puts, as a follower forwards it: one entry, one
-        // response each, on a stream that then serves the next batch.
-        let mut stream = RaftStream::connect(addr(leader)).await.expect("the leader takes streams");
+        // response each, on a stream that then serves the next batch. (A
+        // loaded machine may move leadership: look for the leader again.)
+        let (leader, mut stream, first) = loop {
+            let leader = cluster.leader().await.expect("a leader");
+            let mut stream = RaftStream::connect(addr(leader)).await.expect("the leader takes streams");
+            match stream.call(METHOD_PROPOSE, &batch(0)).await {
+                Ok(reply) => break (leader, stream, reply),
+                Err(StreamError::Status { message, .. }) if message == store::node::NOT_LEADER => continue,
+                Err(e) => panic!("the leader refused a forwarded batch: {e}"),
+            }
+        };
+        let follower = (leader + 1) % 3;
         for round in 0..2 {
-            let batch = Command {
-                kind: Some(command::Kind::Batch(CommandBatch {
-                    commands: vec![put(&format!("fwd-a{round}"), "1"), put(&format!("fwd-b{round}"), "2")],
-                })),
+            let reply = match round {
+                0 => first.clone(),
+                _ => stream.call(METHOD_PROPOSE, &batch(round)).await.expect("the batch is applied"),
             };
-            let reply =
-                stream.call(METHOD_PROPOSE, &batch.encode_to_vec()).await.expect("the batch is applied");
             let response = CommandResponse::decode(reply.as_slice()).expect("a CommandResponse");
             let Some(command_response::Kind::Batch(batch)) = response.kind else {
                 panic!("not a batch answer")
@@ -106,6 +115,46 @@ async fn the_leader_takes_forwarded_writes_on_a_stream_and_others_refuse_them() 
         client.put("fwd-after", "y", None).await.expect("put");
         let got = client.get("fwd-refused", None).await.expect("get");
         assert!(got.kvs().is_empty(), "a follower proposed a forwarded write");
+    })
+    .await;
+}
+
+/// This member's forwarded batches by transport: (stream, gRPC).
+async fn forwards(cluster: &testkit::Cluster, index: usize) -> (f64, f64) {
+    let (status, _, text) = http_get(&cluster.client_url(index), "/metrics").await;
+    assert_eq!(status, 200);
+    let samples = metric_samples(&text);
+    let of = |transport: &str| {
+        let series = format!("fivefold_forwarded_batches_total{{transport=\"{transport}\"}}");
+        *samples.get(&series).unwrap_or_else(|| panic!("{series} in the metrics"))
+    };
+    (of("stream"), of("grpc"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_writes_reach_the_leader_on_streams() {
+    bounded(TEST_LIMIT, async {
+        let cluster = start(ClusterOptions::members(3)).await;
+        let leader = cluster.leader().await.expect("a leader");
+        let follower = (leader + 1) % 3;
+        // Members publish their attributes through the log at start, so
+        // the counters need not be zero: what the puts add is compared.
+        let (streams_before, grpc_before) = forwards(&cluster, follower).await;
+        let mut client = cluster.client(follower).await;
+        for i in 0..20 {
+            client
+                .put(format!("via-follower-{i}"), format!("v{i}"), None)
+                .await
+                .expect("put through a follower");
+        }
+        let got = client.get("via-follower-19", None).await.expect("get");
+        assert_eq!(got.kvs()[0].value(), b"v19");
+        let (streams_after, grpc_after) = forwards(&cluster, follower).await;
+        assert!(
+            streams_after >= streams_before + 1.0,
+            "the follower's writes did not go on streams: {streams_before} -> {streams_after}"
+        );
+        assert_eq!(grpc_after, grpc_before, "a forward fell back to gRPC");
     })
     .await;
 }

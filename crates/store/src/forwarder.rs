@@ -1,13 +1,22 @@
 //! Forwarding a follower's writes to the leader, batched.
 //!
-//! A follower does not propose: it sends each client write to the leader with
-//! `Peer.Propose`. One RPC per write would cost both members a gRPC call per
-//! put; instead every write waiting when a forward starts goes in one
+//! A follower does not propose: it sends client writes to the leader. One
+//! call per write would cost both members a round of messages per put;
+//! instead every write waiting when a forward starts goes in one
 //! `CommandBatch`, which the leader proposes as one log entry (the commands
 //! commit or fail together), and each caller gets its own response back. The
 //! busier the follower, the bigger the batch, as with the leader's proposer.
+//!
+//! A batch travels on a raft stream (`raft_stream::METHOD_PROPOSE`) taken
+//! from a small pool of connections to the leader, one batch in flight on
+//! each; a leader that refuses streams, or does not know the method, gets
+//! `Peer.Propose` over gRPC for `STREAM_RETRY_AFTER`. Only an attempt that
+//! provably sent nothing falls back or answers "not the leader"; any other
+//! failure leaves the outcome unknown.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use etcd_proto::fivefoldpb::{Command, CommandResponse, ProposeRequest};
@@ -16,7 +25,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 use tonic::Status;
 
-use crate::network::STREAM_RETRY_AFTER;
+use crate::network::{PEER_CONNECT_TIMEOUT, STREAM_RETRY_AFTER};
 use crate::node::{never_sent, within, StoreNode, LEADER_CHANGED, NOT_LEADER, REQUEST_TIMED_OUT};
 use crate::proposer::{batch_of, responses_of, stopped, BATCH_BYTES_MAX, BATCH_COMMANDS_MAX};
 use crate::raft_stream::{RaftStream, StreamError, METHOD_PROPOSE, UNKNOWN_METHOD};
@@ -185,6 +194,7 @@ impl StoreNode {
             }
         }
         let mut client = self.peer_unchecked(url)?;
+        self.metrics.forwards_on_grpc.fetch_add(1, Ordering::Relaxed);
         let mut request = tonic::Request::new(ProposeRequest { command: Some(batch) });
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         client
@@ -203,8 +213,12 @@ impl StoreNode {
         let mut stream = match self.forward_streams.idle(url) {
             Some(stream) => stream,
             None => {
+                // Bounded as gRPC's connects are: a leader whose host drops
+                // connection attempts was sent nothing.
                 let connected = match crate::network::peer_addr(url) {
-                    Ok(addr) => RaftStream::connect(addr).await,
+                    Ok(addr) => tokio::time::timeout(PEER_CONNECT_TIMEOUT, RaftStream::connect(addr))
+                        .await
+                        .unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut).into())),
                     Err(e) => Err(e.into()),
                 };
                 match connected {
@@ -221,6 +235,7 @@ impl StoreNode {
                 }
             }
         };
+        self.metrics.forwards_on_streams.fetch_add(1, Ordering::Relaxed);
         match stream.call(METHOD_PROPOSE, &batch.encode_to_vec()).await {
             Ok(reply) => {
                 self.forward_streams.put_back(url, stream);

@@ -76,6 +76,11 @@ pub struct StoreMetrics {
     pub leader_changes: AtomicU64,
     /// Proposal batches that failed or whose outcome is unknown.
     pub proposals_failed: AtomicU64,
+    /// Write batches this follower sent to the leader on raft streams.
+    pub forwards_on_streams: AtomicU64,
+    /// Write batches this follower sent to the leader with `Peer.Propose`
+    /// (a leader that does not take them on streams).
+    pub forwards_on_grpc: AtomicU64,
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
@@ -141,6 +146,15 @@ impl StoreNode {
             "etcd_server_proposals_failed_total",
             "Proposal batches that failed or whose outcome is unknown.",
             m.proposals_failed.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP fivefold_forwarded_batches_total Write batches this member forwarded to the leader, by transport.\n\
+             # TYPE fivefold_forwarded_batches_total counter\n\
+             fivefold_forwarded_batches_total{{transport=\"stream\"}} {}\n\
+             fivefold_forwarded_batches_total{{transport=\"grpc\"}} {}",
+            m.forwards_on_streams.load(Ordering::Relaxed),
+            m.forwards_on_grpc.load(Ordering::Relaxed),
         );
         gauge(&mut out, "etcd_debugging_mvcc_current_revision", "The store's current revision.", revision);
         gauge(

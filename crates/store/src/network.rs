@@ -59,7 +59,8 @@ pub(crate) async fn dial(addr: SocketAddr) -> std::io::Result<TcpStream> {
 }
 
 /// After a peer hung up on a raft stream without answering (a member of a
-/// version without them), AppendEntries goes over gRPC this long before the
+/// version without them), or did not know a stream method, AppendEntries or
+/// forwarded writes (whichever it refused) go over gRPC this long before the
 /// stream is tried again.
 pub const STREAM_RETRY_AFTER: Duration = Duration::from_secs(30);
 

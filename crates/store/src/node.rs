@@ -265,6 +265,7 @@ impl StoreNode {
     pub async fn propose_forwarded(&self, command: Command) -> Result<CommandResponse, Status> {
         let deadline = Instant::now() + self.config.request_timeout;
         match command.kind {
+            None => Err(Status::invalid_argument("etcdserver: a forwarded write carries no command")),
             Some(command::Kind::Batch(batch)) => {
                 let responses = self.propose_all_here(batch.commands, deadline).await?;
                 let kind =

@@ -160,7 +160,7 @@ async fn write_frame<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// The client end, owned by one replication task.
+/// The client end, owned by one replication task or one forward at a time.
 pub struct RaftStream {
     stream: BufReader<TcpStream>,
     /// The id of the last request sent.
@@ -190,7 +190,7 @@ impl RaftStream {
         }
     }
 
-    /// Sends one request and waits for its answer (bincode bytes).
+    /// Sends one request and waits for its answer's payload.
     pub async fn call(&mut self, method: u8, payload: &[u8]) -> Result<Vec<u8>, StreamError> {
         self.last_id += 1;
         let id = self.last_id;

@@ -303,3 +303,31 @@ pub fn json_field_values(json: &str, field: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// One HTTP/1.1 GET of `path` on a member's client URL: status, content type, body.
+pub async fn http_get(client_url: &str, path: &str) -> (u16, String, String) {
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let uri: http::Uri = format!("{client_url}{path}").parse().expect("a URL");
+    let response = http.get(uri).await.unwrap_or_else(|e| panic!("GET {path} on {client_url}: {e}"));
+    assert_eq!(response.version(), http::Version::HTTP_11, "plain HTTP/1.1, not gRPC");
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    let body = http_body_util::BodyExt::collect(response.into_body()).await.expect("the body").to_bytes();
+    (status, content_type, String::from_utf8_lossy(&body).to_string())
+}
+
+/// The samples of a Prometheus text exposition, by series (name and labels).
+pub fn metric_samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("a sample line: {line:?}"));
+            (series.to_string(), value.parse().unwrap_or_else(|_| panic!("a number in {line:?}")))
+        })
+        .collect()
+}
