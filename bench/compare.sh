@@ -21,10 +21,13 @@ begin_run compare
 
 # The workloads: name, then fivefold bench arguments: etcd's benchmark shapes
 # and request counts (its performance guide: 10,000 requests for 1 client,
-# 100,000 for the others), so that each run lasts seconds, not a moment that
-# one log rollover or snapshot decides. TOTAL_SCALE (default 1) multiplies
-# the counts: 0.2 for a quick look.
+# 100,000 for the others; txn-put, not in the guide, 10,000), so that each
+# run lasts seconds, not a moment that one log rollover or snapshot decides.
+# TOTAL_SCALE (default 1) multiplies the counts: 0.2 for a quick look.
 SCALE=${TOTAL_SCALE:-1}
+if ! [[ "$SCALE" =~ ^[0-9]*\.?[0-9]+$ ]]; then
+    echo "TOTAL_SCALE must be a positive number, got '$SCALE'" >&2; exit 2
+fi
 total() { python3 -c "print(max(1, round($1 * $SCALE)))"; }
 WORKLOADS=(
     "put-1x1|put --clients 1 --conns 1 --total $(total 10000) --key-space-size 100000"
@@ -53,13 +56,14 @@ for entry in "${WORKLOADS[@]}"; do
 done
 python3 - "$RESULTS" "$(rss_mib fivefold VmHWM)" "$(rss_mib etcd VmHWM)" <<'PY'
 import json, statistics, sys
-rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]
+rows = [(name, system, json.loads(report))
+        for name, system, report in (line.rstrip("\n").split("\t") for line in open(sys.argv[1]))]
 names = list(dict.fromkeys(r[0] for r in rows))
 print(f"{'workload':<20} {'fivefold qps':>13} {'etcd qps':>10} {'ratio':>6}   {'fivefold p99':>12} {'etcd p99':>9}")
 for name in names:
     med = {}
     for system in ("fivefold", "etcd"):
-        reports = [json.loads(r[2]) for r in rows if r[0] == name and r[1] == system]
+        reports = [r[2] for r in rows if r[0] == name and r[1] == system]
         med[system] = (statistics.median(r["qps"] for r in reports), statistics.median(r["p99_ms"] for r in reports),
                        sum(r["errors"] for r in reports))
     f, e = med["fivefold"], med["etcd"]
@@ -68,6 +72,6 @@ for name in names:
 print(f"peak RSS of the largest member: fivefold {sys.argv[2]} MiB, etcd {sys.argv[3]} MiB")
 print("rounds (qps, in run order): fivefold | etcd")
 for name in names:
-    per = {s: " ".join(f"{json.loads(r[2])['qps']:.0f}" for r in rows if r[0] == name and r[1] == s) for s in ("fivefold", "etcd")}
+    per = {s: " ".join(f"{r[2]['qps']:.0f}" for r in rows if r[0] == name and r[1] == s) for s in ("fivefold", "etcd")}
     print(f"  {name:<20} {per['fivefold']} | {per['etcd']}")
 PY

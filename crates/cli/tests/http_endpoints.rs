@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{bounded, http_get as get, metric_samples as samples, poll_until, start, wait_same_revision};
+use common::{bounded, http_get, metric_samples, poll_until, start, wait_same_revision};
 use testkit::ClusterOptions;
 
 const STEP_LIMIT: Duration = Duration::from_secs(30);
@@ -24,10 +24,10 @@ async fn metrics_health_and_version_are_served_on_the_client_port() {
         let mut leaders = 0;
         for index in 0..cluster.len() {
             let url = cluster.client_url(index);
-            let (status, content_type, text) = get(&url, "/metrics").await;
+            let (status, content_type, text) = http_get(&url, "/metrics").await;
             assert_eq!(status, 200, "{text}");
             assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
-            let metrics = samples(&text);
+            let metrics = metric_samples(&text);
             let value = |name: &str| {
                 *metrics.get(name).unwrap_or_else(|| panic!("{name} in member {index}'s metrics"))
             };
@@ -47,16 +47,16 @@ async fn metrics_health_and_version_are_served_on_the_client_port() {
             assert!(value("fivefold_apply_duration_seconds_count") >= 1.0);
             assert!(text.contains("# TYPE etcd_disk_backend_commit_duration_seconds histogram"), "{text}");
 
-            let (status, content_type, body) = get(&url, "/health").await;
+            let (status, content_type, body) = http_get(&url, "/health").await;
             assert_eq!((status, body.as_str()), (200, "{\"health\":\"true\",\"reason\":\"\"}"));
             assert_eq!(content_type, "application/json");
-            let (status, _, body) = get(&url, "/version").await;
+            let (status, _, body) = http_get(&url, "/version").await;
             assert_eq!(status, 200);
             assert!(
                 body.contains(&format!("\"etcdserver\":\"{version}\"")),
                 "{body} against Status {version}"
             );
-            let (status, _, _) = get(&url, "/no-such-page").await;
+            let (status, _, _) = http_get(&url, "/no-such-page").await;
             assert_eq!(status, 404, "another path over HTTP/1.1");
         }
         assert_eq!(leaders, 1, "exactly one member reports itself leader");
@@ -68,7 +68,7 @@ async fn metrics_health_and_version_are_served_on_the_client_port() {
         poll_until(STEP_LIMIT, "member 0 reports itself unhealthy", || {
             let url = url.clone();
             async move {
-                let (status, _, body) = get(&url, "/health").await;
+                let (status, _, body) = http_get(&url, "/health").await;
                 if status == 503 && body.contains("\"health\":\"false\"") {
                     Ok(())
                 } else {

@@ -16,13 +16,13 @@ use etcd_proto::etcdserverpb::{
 use etcd_proto::fivefoldpb::{command, command_response, ApplyError, Command, CommandResponse, Empty};
 use etcd_proto::mvccpb::{event, Event, KeyValue};
 use prost::Message;
-use redb::{Durability, ReadableTable, Table, WriteTransaction};
+use redb::{ReadableTable, Table, WriteTransaction};
 
 use crate::encoding::{encode_row, rev_row, Version};
 use crate::error::{MvccError, StorageError};
 use crate::index::{KeyIndex, Ver};
 use crate::lease::{self, LeaseChange, LEASES, LEASE_KEYS};
-use crate::limits::{APPLY_OPEN_COMMANDS_MAX, APPLY_OPEN_MAX};
+use crate::limits::APPLY_OPEN_COMMANDS_MAX;
 use crate::maintenance::ALARMS;
 use crate::read::{self, ReadView, Source};
 use crate::span::Span;
@@ -51,12 +51,11 @@ impl Drop for IndexUndo<'_> {
         if !self.armed {
             return;
         }
-        if !self.touched.is_empty() {
-            self.store.index_mut().truncate_after(&self.touched, self.base);
-        }
         if self.continued {
-            self.store.fail("an apply continuing an open transaction failed".into());
-            self.store.note_closed();
+            let reason = "an apply continuing an open transaction failed".into();
+            self.store.lose_applied(&self.touched, self.base, reason);
+        } else if !self.touched.is_empty() {
+            self.store.index_mut().truncate_after(&self.touched, self.base);
         }
     }
 }
@@ -284,7 +283,7 @@ impl<'s> ApplyBatch<'s> {
     pub fn finish(self, how: Finish) -> Result<Committed, StorageError> {
         let due = self.state.compact_at.is_some()
             || self.commands >= APPLY_OPEN_COMMANDS_MAX
-            || self.opened.elapsed() >= APPLY_OPEN_MAX;
+            || self.opened.elapsed() >= self.state.store.apply_open_max();
         match how {
             Finish::Durable => return self.commit(true),
             Finish::Lazy if due => return self.commit(false),
@@ -310,16 +309,11 @@ impl<'s> ApplyBatch<'s> {
 }
 
 /// Commits a batch's transaction and settles the index and the store.
-fn commit_txn(
-    mut txn: WriteTransaction,
-    state: &mut BatchState<'_>,
-    durable: bool,
-) -> Result<(), StorageError> {
-    txn.set_durability(if durable { Durability::Immediate } else { Durability::None })?;
+fn commit_txn(txn: WriteTransaction, state: &mut BatchState<'_>, durable: bool) -> Result<(), StorageError> {
     // A compaction's rows go and its index versions go under the index's
     // write lock, so no reader pairs one state with the other.
     let index = state.compact_at.map(|at| (at, state.store.index_mut()));
-    txn.commit()?;
+    crate::store::commit_engine(txn, durable)?;
     state.undo.armed = false;
     if let Some((at, mut index)) = index {
         index.compact(at);

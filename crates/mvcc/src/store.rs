@@ -73,6 +73,9 @@ pub struct MvccStore {
     /// holds what clients were told, so every read and write is refused
     /// until the member restarts and applies its log again.
     failed: OnceLock<String>,
+    /// How long applied commands may wait in an open transaction
+    /// (`limits::APPLY_OPEN_MAX` unless set with `with_apply_open_max`).
+    apply_open_max: Duration,
 }
 
 /// An apply transaction left open after its batch (`ApplyBatch::finish`):
@@ -91,6 +94,12 @@ pub(crate) struct OpenApply {
     pub commands: usize,
     /// Their encoded bytes (see `open_bytes`).
     pub command_bytes: u64,
+}
+
+/// Commits `txn` to the engine, synced to disk when `durable`.
+pub(crate) fn commit_engine(mut txn: WriteTransaction, durable: bool) -> Result<(), StorageError> {
+    txn.set_durability(if durable { redb::Durability::Immediate } else { redb::Durability::None })?;
+    Ok(txn.commit()?)
 }
 
 impl std::fmt::Debug for MvccStore {
@@ -157,9 +166,22 @@ impl MvccStore {
             open: Mutex::new(None),
             has_open: AtomicBool::new(false),
             failed: OnceLock::new(),
+            apply_open_max: crate::limits::APPLY_OPEN_MAX,
         };
         store.note_file_size();
         Ok(store)
+    }
+
+    /// The same store with applied commands left open at most `max` (tests
+    /// use it to look at the command bound alone).
+    pub fn with_apply_open_max(mut self, max: Duration) -> MvccStore {
+        self.apply_open_max = max;
+        self
+    }
+
+    /// How long applied commands may wait in an open transaction.
+    pub fn apply_open_max(&self) -> Duration {
+        self.apply_open_max
     }
 
     /// A read transaction holding every applied command.
@@ -173,10 +195,8 @@ impl MvccStore {
     pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction, StorageError> {
         // Held until the transaction exists: an apply that came between
         // would leave its own open and this would wait for it.
-        let mut open = self.open_apply();
-        self.commit_open(&mut open, false)?;
-        self.check_failed()?;
-        Ok(self.db.read().expect("database lock").begin_write()?)
+        let _open = self.settled_slot()?;
+        self.engine_write()
     }
 
     /// A write transaction straight from the engine: for an apply, which
@@ -202,8 +222,21 @@ impl MvccStore {
         match self.open.try_lock() {
             Ok(open) => Some(open),
             Err(std::sync::TryLockError::WouldBlock) => None,
-            Err(std::sync::TryLockError::Poisoned(_)) => Some(self.open_apply()),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                self.fail("a panic while applying or committing".into());
+                Some(poisoned.into_inner())
+            }
         }
+    }
+
+    /// The open apply transaction's slot, waited for, with what it held
+    /// committed: no applied command is left out of the engine while the
+    /// guard is held.
+    fn settled_slot(&self) -> Result<MutexGuard<'_, Option<OpenApply>>, StorageError> {
+        let mut open = self.open_apply();
+        self.commit_open(&mut open, false)?;
+        self.check_failed()?;
+        Ok(open)
     }
 
     /// Marks that applied commands are held by an open transaction, whose
@@ -234,6 +267,16 @@ impl MvccStore {
         }
     }
 
+    /// Takes the versions of `touched` above `base` (answered, but no longer
+    /// in the engine) out of the key index and refuses service from now on.
+    pub(crate) fn lose_applied(&self, touched: &[Vec<u8>], base: u64, reason: String) {
+        if !touched.is_empty() {
+            self.index_mut().truncate_after(touched, base);
+        }
+        self.fail(reason);
+        self.note_closed();
+    }
+
     /// Records that applied commands were lost from the engine.
     pub(crate) fn fail(&self, reason: String) {
         tracing::error!(%reason, "the engine lost applied writes; this member refuses reads and writes until restarted");
@@ -259,16 +302,17 @@ impl MvccStore {
         durable: bool,
     ) -> Result<(), StorageError> {
         let Some(open) = slot.take() else { return Ok(()) };
-        let mut txn = open.txn;
-        let durability = if durable { redb::Durability::Immediate } else { redb::Durability::None };
-        let result =
-            txn.set_durability(durability).map_err(StorageError::from).and_then(|()| Ok(txn.commit()?));
-        if let Err(e) = &result {
-            self.index_mut().truncate_after(&open.touched, open.base);
-            self.fail(format!("committing {} applied commands: {e}", open.commands));
-        }
+        let result = commit_engine(open.txn, durable);
+        // The file's new size first: the quota never misses the commands.
         self.note_file_size();
-        self.note_closed();
+        match &result {
+            Err(e) => self.lose_applied(
+                &open.touched,
+                open.base,
+                format!("committing {} applied commands: {e}", open.commands),
+            ),
+            Ok(()) => self.note_closed(),
+        }
         result
     }
 
@@ -282,7 +326,7 @@ impl MvccStore {
         }
         let Some(mut open) = self.try_open_apply() else { return Ok(()) };
         self.check_failed()?;
-        if open.as_ref().is_some_and(|o| o.opened.elapsed() >= crate::limits::APPLY_OPEN_MAX) {
+        if open.as_ref().is_some_and(|o| o.opened.elapsed() >= self.apply_open_max) {
             self.commit_open(&mut open, false)?;
         }
         Ok(())
@@ -302,9 +346,7 @@ impl MvccStore {
     pub fn defragment(&self) -> Result<(), StorageError> {
         const ATTEMPTS: u32 = 200;
         // Held throughout: no apply begins a transaction while redb compacts.
-        let mut open = self.open_apply();
-        self.commit_open(&mut open, false)?;
-        self.check_failed()?;
+        let _open = self.settled_slot()?;
         let mut db = self.db.write().expect("database lock");
         for _ in 0..ATTEMPTS {
             match db.compact() {
@@ -371,9 +413,7 @@ impl MvccStore {
             return self.commit_open(&mut open, true);
         }
         self.check_failed()?;
-        let mut txn = self.engine_write()?;
-        txn.set_durability(redb::Durability::Immediate)?;
-        txn.commit()?;
+        commit_engine(self.engine_write()?, true)?;
         self.note_file_size();
         Ok(())
     }

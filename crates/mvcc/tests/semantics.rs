@@ -589,10 +589,12 @@ fn applies_left_open_are_read_hashed_and_made_durable_like_committed_ones() {
     assert_eq!(history.events.len(), 4);
     // Defragmenting commits what is open and keeps it.
     assert_eq!(put_open(&store, &[("d", "1")]), 6);
+    assert!(store.is_apply_open(), "defragment meets an open transaction");
     store.defragment().unwrap();
     assert_eq!(get(&store, "d", 0).unwrap().as_deref(), Some("1"));
     // `persist` makes open writes durable: they survive a reopen.
     assert_eq!(put_open(&store, &[("e", "1")]), 7);
+    assert!(store.is_apply_open(), "persist meets an open transaction");
     store.persist().unwrap();
     drop(store);
     let store = MvccStore::open(&dir.path().join("mvcc.redb")).unwrap();
@@ -621,6 +623,9 @@ fn a_store_that_loses_answered_writes_refuses_service() {
 #[test]
 fn an_open_apply_commits_once_it_holds_enough_commands() {
     let (_dir, store) = open();
+    // The time bound out of the way (a slow build or a busy machine could
+    // reach it first): the command bound alone.
+    let store = store.with_apply_open_max(std::time::Duration::from_secs(3600));
     let per_batch = 1_000;
     let mut revision = 0;
     for round in 0..mvcc::limits::APPLY_OPEN_COMMANDS_MAX / per_batch {

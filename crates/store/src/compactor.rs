@@ -46,7 +46,13 @@ impl StoreNode {
                 AutoCompaction::Revision { revisions } => Some(current - revisions),
             };
             let Some(target) = target else { continue };
-            let compacted = self.mvcc.revisions().map(|(_, c)| c).unwrap_or(i64::MAX);
+            // On the pool: a read may wait for an apply and commit it first.
+            let mvcc = self.mvcc.clone();
+            let compacted = crate::node::on_pool(move || mvcc.revisions())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map_or(i64::MAX, |(_, c)| c);
             if !self.is_leader() || target <= compacted.max(0) {
                 continue;
             }

@@ -176,9 +176,7 @@ impl StoreNode {
             Status::internal("etcdserver: the leader's answer does not match the forwarded batch")
         })
     }
-}
 
-impl StoreNode {
     /// Sends one batch to the leader at `url` and returns its response:
     /// over a pooled raft stream, or over `Peer.Propose` when the leader
     /// does not take them.
@@ -260,43 +258,52 @@ impl StoreNode {
     }
 }
 
-/// Idle forward streams by leader URL, and the leaders that refused them.
+/// Forward streams by leader URL: the idle ones, and when the leader last
+/// refused them.
 #[derive(Default)]
 pub struct ForwardStreams {
-    idle: Mutex<HashMap<String, Vec<RaftStream>>>,
-    refused_at: Mutex<HashMap<String, Instant>>,
+    by_leader: Mutex<HashMap<String, StreamPool>>,
+}
+
+#[derive(Default)]
+struct StreamPool {
+    idle: Vec<RaftStream>,
+    refused_at: Option<Instant>,
 }
 
 impl ForwardStreams {
+    fn pools(&self) -> std::sync::MutexGuard<'_, HashMap<String, StreamPool>> {
+        self.by_leader.lock().expect("forward stream lock")
+    }
+
     /// Whether forwards to `url` should try a stream (not refused lately).
     fn usable(&self, url: &str) -> bool {
-        let refused = self.refused_at.lock().expect("forward stream lock");
-        refused.get(url).is_none_or(|at| at.elapsed() >= STREAM_RETRY_AFTER)
+        self.pools()
+            .get(url)
+            .and_then(|pool| pool.refused_at)
+            .is_none_or(|at| at.elapsed() >= STREAM_RETRY_AFTER)
     }
 
     fn refused(&self, url: &str) {
         tracing::info!(leader = %url, "leader does not take forwarded writes on raft streams; using gRPC");
-        self.refused_at.lock().expect("forward stream lock").insert(url.to_string(), Instant::now());
-        self.idle.lock().expect("forward stream lock").remove(url);
+        let mut pools = self.pools();
+        let pool = pools.entry(url.to_string()).or_default();
+        pool.idle.clear();
+        pool.refused_at = Some(Instant::now());
     }
 
     /// An idle stream to `url` whose peer has not hung up meanwhile.
     fn idle(&self, url: &str) -> Option<RaftStream> {
-        let mut idle = self.idle.lock().expect("forward stream lock");
-        let streams = idle.get_mut(url)?;
-        while let Some(mut stream) = streams.pop() {
-            if !stream.is_stale() {
-                return Some(stream);
-            }
-        }
-        None
+        let mut pools = self.pools();
+        let idle = &mut pools.get_mut(url)?.idle;
+        std::iter::from_fn(|| idle.pop()).find_map(|mut stream| (!stream.is_stale()).then_some(stream))
     }
 
     fn put_back(&self, url: &str, stream: RaftStream) {
-        let mut idle = self.idle.lock().expect("forward stream lock");
-        let streams = idle.entry(url.to_string()).or_default();
-        if streams.len() < FORWARDS_IN_FLIGHT_MAX {
-            streams.push(stream);
+        let mut pools = self.pools();
+        let idle = &mut pools.entry(url.to_string()).or_default().idle;
+        if idle.len() < FORWARDS_IN_FLIGHT_MAX {
+            idle.push(stream);
         }
     }
 }

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use etcd_proto::fivefoldpb::LeaderTransfer;
+use etcd_proto::fivefoldpb::{LeaderTransfer, MemberAttributes};
 use tokio::time::Instant;
 use tonic::Status;
 
@@ -204,7 +204,12 @@ impl StoreNode {
             if self.config.city == primary {
                 continue;
             }
-            let Some(target) = self.live_voter_in(&primary, &mut seen) else { continue };
+            // On the pool: a read may wait for an apply and commit it first.
+            let mvcc = self.mvcc.clone();
+            let Ok(Ok(attributes)) = crate::node::on_pool(move || mvcc.member_attributes()).await else {
+                continue;
+            };
+            let Some(target) = self.live_voter_in(&primary, &attributes, &mut seen) else { continue };
             if since.elapsed() < self.config.election_timeout * LEADER_SETTLE_ELECTION_TIMEOUTS {
                 continue;
             }
@@ -227,8 +232,12 @@ impl StoreNode {
     /// since the previous check (`seen`, updated here): a voter that went
     /// away keeps its last matched index in the leader's metrics, and a
     /// transfer to it would hold writes until the transfer's deadline.
-    fn live_voter_in(&self, city: &str, seen: &mut HashMap<NodeId, u64>) -> Option<NodeId> {
-        let attributes = self.mvcc.member_attributes().ok()?;
+    fn live_voter_in(
+        &self,
+        city: &str,
+        attributes: &[MemberAttributes],
+        seen: &mut HashMap<NodeId, u64>,
+    ) -> Option<NodeId> {
         let (last, matched) = {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();

@@ -84,12 +84,7 @@ pub struct PeerChannels {
 }
 
 impl PeerChannels {
-    /// A client for `url`, once the fault rules let a message through to it.
-    pub async fn passing(&self, url: &str) -> Result<PeerClient<PeerChannel>, PeerUnreachable> {
-        self.faults.pass(url).await.map_err(|e| PeerUnreachable(e.to_string()))?;
-        self.get(url).map_err(|e| PeerUnreachable(format!("peer {url}: {e}")))
-    }
-
+    /// The shared client for `url`; the fault rules are the caller's.
     pub fn get(&self, url: &str) -> Result<PeerClient<PeerChannel>, tonic::transport::Error> {
         let mut clients = self.clients.lock().expect("peer channel map lock");
         if let Some(client) = clients.get(url) {
@@ -178,11 +173,6 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct TransportError(String);
-
-/// A peer that cannot be sent to (dropped by a fault rule, or no channel).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct PeerUnreachable(pub String);
 
 impl PeerConnection {
     fn client(&mut self) -> Result<PeerClient<PeerChannel>, TransportError> {

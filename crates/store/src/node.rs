@@ -148,17 +148,15 @@ impl StoreNode {
     /// A client for the peer at `url`, once fault rules (tests only) let a
     /// message through. Unreachable reads as "not the leader": nothing was sent.
     pub async fn peer(&self, url: &str) -> Result<PeerClient<PeerChannel>, Status> {
-        self.peers.passing(url).await.map_err(|e| {
-            tracing::debug!(error = %e, "peer unreachable");
-            Status::unavailable(NOT_LEADER)
-        })
+        self.pass_faults(url).await?;
+        self.peer_unchecked(url)
     }
 
     /// Applies the fault rules (tests only) to one message for `url`: holds
     /// it, or fails as an unreachable peer would.
     pub(crate) async fn pass_faults(&self, url: &str) -> Result<(), Status> {
         self.peers.faults.pass(url).await.map_err(|e| {
-            tracing::debug!(error = %e, "peer unreachable");
+            tracing::debug!(peer = %url, error = %e, "peer unreachable");
             Status::unavailable(NOT_LEADER)
         })
     }
@@ -166,7 +164,7 @@ impl StoreNode {
     /// A client for `url` for a caller that applied the fault rules itself.
     pub(crate) fn peer_unchecked(&self, url: &str) -> Result<PeerClient<PeerChannel>, Status> {
         self.peers.get(url).map_err(|e| {
-            tracing::debug!(error = %e, "peer unreachable");
+            tracing::debug!(peer = %url, error = %e, "peer unreachable");
             Status::unavailable(NOT_LEADER)
         })
     }
@@ -620,11 +618,13 @@ impl StoreNode {
         })
     }
 
-    /// Commits applies left open in the engine once they have waited
-    /// `mvcc::limits::APPLY_OPEN_MAX` with nothing read or applied since
-    /// (see `mvcc::ApplyBatch::finish`). Runs until the member stops.
+    /// Commits applies left open in the engine once their transaction is
+    /// `MvccStore::apply_open_max` old and nothing read or applied meanwhile
+    /// (see `mvcc::ApplyBatch::finish`); checked once per that interval, so
+    /// a transaction stays open at most about twice it. Runs until the
+    /// member stops.
     pub async fn run_apply_commits(self: Arc<Self>) {
-        let mut ticker = tokio::time::interval(mvcc::limits::APPLY_OPEN_MAX);
+        let mut ticker = tokio::time::interval(self.mvcc.apply_open_max());
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;

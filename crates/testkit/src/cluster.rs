@@ -196,11 +196,9 @@ impl Cluster {
         let options = ConnectOptions::new().with_connect_timeout(STATUS_TIMEOUT).with_timeout(STATUS_TIMEOUT);
         let mut waiting: Vec<usize> = (0..self.members.len()).collect();
         while !waiting.is_empty() {
-            for &index in &waiting {
-                self.members[index].process.fail_if_exited()?;
-            }
             let mut still = Vec::new();
             for index in waiting {
+                self.members[index].process.fail_if_exited()?;
                 let mut client = connect(&self.client_url(index), options.clone()).await;
                 let named = match client.member_list().await {
                     Ok(list) => {

@@ -77,8 +77,9 @@ pub struct Wal {
 /// this much is kept written past them. Preallocated space is allocated but
 /// unwritten, and the first write to each block of it makes `fdatasync`
 /// record the block as written too (a metadata write, an extra device round
-/// trip): with batches of 8 KiB, every sync paid it. Writing zeros first makes those syncs flush data alone;
-/// one sync per half of this carries them. Measured on this machine's ext4
+/// trip): with batches of 8 KiB, every sync paid it. Writing zeros first
+/// makes those syncs flush data alone; one sync per half of this carries
+/// them. Measured on this machine's ext4
 /// with 8 KiB appends each synced: 175 µs mean per sync over preallocated
 /// space, 121 µs with zeros written 1 MiB ahead. Zeros after the last record
 /// read as the end of the records, as preallocated space does.
@@ -125,7 +126,7 @@ impl Deleter {
                                     break;
                                 }
                             }
-                            // The last handles close here, which frees the blocks.
+                            // The handles close here (their blocks are freed).
                             drop(segments);
                             if let Err(e) = segment::sync_dir(&owned) {
                                 tracing::warn!(error = %e, "syncing the wal directory after deletions");
@@ -204,13 +205,17 @@ const DISCARD_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Frees a purged segment without holding up the log's syncs: renames it
 /// out of the segments (so a crash part way leaves no short segment among
-/// them), gives its blocks back a step at a time, then unlinks it.
+/// them; this counts on the file system keeping the rename before the
+/// truncations that follow, as ext4's and xfs's journals do), gives its
+/// blocks back a step at a time, the last step included (the open handle
+/// would otherwise keep them until the whole job's segments close), then
+/// unlinks it.
 fn discard(segment: &Segment) -> Result<()> {
     let gone = segment.path.with_extension(DISCARDED_SUFFIX.trim_start_matches('.'));
     std::fs::rename(&segment.path, &gone).map_err(WalError::io(&segment.path))?;
     let mut length = segment.file.metadata().map_err(WalError::io(&gone))?.len();
-    while length > DISCARD_STEP_BYTES {
-        length -= DISCARD_STEP_BYTES;
+    while length > 0 {
+        length = length.saturating_sub(DISCARD_STEP_BYTES);
         segment.file.set_len(length).map_err(WalError::io(&gone))?;
         std::thread::sleep(DISCARD_PAUSE);
     }
@@ -229,12 +234,14 @@ impl Wal {
         let mut firsts = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(WalError::io(dir))? {
             let entry = entry.map_err(WalError::io(dir))?;
-            if entry.file_name().to_str().is_some_and(|name| name.ends_with(DISCARDED_SUFFIX)) {
+            let name = entry.file_name();
+            let name = name.to_str();
+            if name.is_some_and(|name| name.ends_with(DISCARDED_SUFFIX)) {
                 // A purged segment a crash left half freed.
                 std::fs::remove_file(entry.path()).map_err(WalError::io(entry.path()))?;
                 continue;
             }
-            if let Some(first) = entry.file_name().to_str().and_then(segment::parse_name) {
+            if let Some(first) = name.and_then(segment::parse_name) {
                 firsts.push(first);
             }
         }

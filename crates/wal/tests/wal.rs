@@ -40,10 +40,15 @@ fn check_holds(wal: &Wal, from: u64, to: u64) {
 }
 
 fn segment_files(dir: &Path) -> Vec<String> {
+    files_with(dir, ".wal", |name, pattern| name.ends_with(pattern))
+}
+
+/// The names in `dir` that `keep(name, pattern)` accepts, sorted.
+fn files_with(dir: &Path, pattern: &str, keep: fn(&str, &str) -> bool) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.ends_with(".wal"))
+        .filter(|n| keep(n, pattern))
         .collect();
     names.sort();
     names
@@ -282,11 +287,7 @@ fn purged_segments_are_freed_and_a_half_freed_one_is_cleared_at_open() {
     let names = segment_files(dir.path());
     wal.purge_to(150).unwrap();
     wal.settle();
-    let left: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.contains(".wal"))
-        .collect();
+    let left = files_with(dir.path(), ".wal", |name, pattern| name.contains(pattern));
     assert!(left.iter().all(|n| n.ends_with(".wal")), "nothing half freed stays: {left:?}");
     assert!(left.len() < names.len());
     drop(wal);
