@@ -208,7 +208,7 @@ impl<'s> ApplyBatch<'s> {
                 undo.base = open.base;
                 undo.touched = open.touched;
                 undo.continued = true;
-                (open.txn, open.opened, open.commands, open.command_bytes)
+                (open.txn, open.opened, open.commands, store.open_bytes())
             }
             None => (store.engine_write()?, Instant::now(), 0, 0),
         };
@@ -293,7 +293,7 @@ impl<'s> ApplyBatch<'s> {
         let ApplyBatch { txn, mut state, mut slot, opened, commands, command_bytes } = self;
         state.undo.armed = false;
         let touched = std::mem::take(&mut state.undo.touched);
-        *slot = Some(OpenApply { txn, base: state.undo.base, touched, opened, commands, command_bytes });
+        *slot = Some(OpenApply { txn, base: state.undo.base, touched, opened, commands });
         state.store.note_open(command_bytes);
         state.store.note_applied(state.revision);
         Ok(state.committed(false))

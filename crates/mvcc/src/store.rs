@@ -90,10 +90,9 @@ pub(crate) struct OpenApply {
     /// When the transaction began. The clock decides only when the engine
     /// commits, never what it holds.
     pub opened: Instant,
-    /// Commands applied in it so far.
+    /// Commands applied in it so far (their encoded bytes are the store's
+    /// `open_bytes`).
     pub commands: usize,
-    /// Their encoded bytes (see `open_bytes`).
-    pub command_bytes: u64,
 }
 
 /// Commits `txn` to the engine, synced to disk when `durable`.
@@ -244,6 +243,11 @@ impl MvccStore {
     pub(crate) fn note_open(&self, bytes: u64) {
         self.open_bytes.store(bytes, Ordering::Release);
         self.has_open.store(true, Ordering::Release);
+    }
+
+    /// Encoded bytes of the commands in the open transaction.
+    pub(crate) fn open_bytes(&self) -> u64 {
+        self.open_bytes.load(Ordering::Acquire)
     }
 
     /// Marks that no applied command waits in an open transaction.
@@ -493,7 +497,7 @@ impl MvccStore {
     /// Size of the database in bytes: the file as of the last commit, plus
     /// the encoded commands applied in the open transaction since.
     pub fn db_size(&self) -> u64 {
-        self.file_bytes.load(Ordering::Acquire) + self.open_bytes.load(Ordering::Acquire)
+        self.file_bytes.load(Ordering::Acquire) + self.open_bytes()
     }
 
     /// Bytes the database uses for data and metadata, as opposed to free space.

@@ -108,10 +108,7 @@ impl Cluster for ClusterService {
         if request.get_ref().linearizable {
             self.node.read_barrier().await?;
         }
-        let node = self.node.clone();
-        let members = tokio::task::spawn_blocking(move || node.member_list())
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        let members = self.node.member_list().await?;
         Ok(Response::new(MemberListResponse {
             header: Some(self.node.header(self.node.mvcc.revision())),
             members,

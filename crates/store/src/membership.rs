@@ -82,10 +82,13 @@ impl StoreNode {
 
     /// The membership as etcd's Member list: names and client URLs come from the
     /// attributes members published; a member that never started has none.
-    pub fn member_list(&self) -> Result<Vec<PbMember>, Status> {
+    pub async fn member_list(&self) -> Result<Vec<PbMember>, Status> {
+        // On the pool: a read may wait for an apply and commit it first.
+        let mvcc = self.mvcc.clone();
+        let attributes = crate::node::on_pool(move || mvcc.member_attributes())
+            .await?
+            .map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
         let metrics = self.raft.metrics().borrow().clone();
-        let attributes =
-            self.mvcc.member_attributes().map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         Ok(membership
@@ -159,7 +162,7 @@ impl StoreNode {
                 client_ur_ls: Vec::new(),
                 is_learner: req.is_learner,
             }),
-            members: self.member_list()?,
+            members: self.member_list().await?,
         })
     }
 
@@ -172,7 +175,7 @@ impl StoreNode {
         tracing::info!(member = format_args!("{:x}", req.id), "member removed");
         Ok(MemberRemoveResponse {
             header: Some(self.header(self.mvcc.revision())),
-            members: self.member_list()?,
+            members: self.member_list().await?,
         })
     }
 
@@ -190,7 +193,7 @@ impl StoreNode {
         self.change_membership(|| self.raft.change_membership(change.clone(), true)).await?;
         Ok(MemberUpdateResponse {
             header: Some(self.header(self.mvcc.revision())),
-            members: self.member_list()?,
+            members: self.member_list().await?,
         })
     }
 
@@ -211,7 +214,7 @@ impl StoreNode {
         tracing::info!(member = format_args!("{:x}", req.id), "learner promoted");
         Ok(MemberPromoteResponse {
             header: Some(self.header(self.mvcc.revision())),
-            members: self.member_list()?,
+            members: self.member_list().await?,
         })
     }
 

@@ -97,7 +97,7 @@ impl Peer for PeerService {
         &self,
         _request: Request<etcd_proto::etcdserverpb::MemberListRequest>,
     ) -> Result<Response<etcd_proto::etcdserverpb::MemberListResponse>, Status> {
-        let members = self.node.member_list()?;
+        let members = self.node.member_list().await?;
         let header = Some(self.node.header(self.node.mvcc.revision()));
         Ok(Response::new(etcd_proto::etcdserverpb::MemberListResponse { header, members }))
     }
